@@ -1,0 +1,243 @@
+"""The policy: a latent consistency model (diffusers classes) with trainable LoRA adapters, and tiny test models.
+
+`Policy` is the one model contract every method uses (DESIGN.md "Contracts"):
+  - `encode_prompts(prompts) -> (B, L, D)` text embeddings (frozen text encoder);
+  - `consistency(x_t, t, cond) -> x̂_0`: the consistency function f_θ (UNet ε-prediction + LCM boundary
+    condition c_skip·x_t + c_out·x̂_0), charged to the compute meter;
+  - `decode(x̂_0) -> images in [0, 1]` (VAE decoder, or identity for a pixel-space model);
+  - `reference()`: a context in which the model *is* the frozen starting model (adapters disabled, or the
+    frozen copy for full fine-tuning);
+  - `trainable_parameters()`, `trainable_state_dict()` / `load_trainable_state_dict()` for checkpoints.
+
+The tiny models are built from config with the real classes (UNet2DConditionModel with `time_cond_proj_dim`
+for the guidance embedding, CLIPTextModel, LCMScheduler, AutoencoderKL) and fixed seeds, so tests and CI need
+no network. Their base weights are random: they exercise every code path, they do not draw anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.compute import ComputeMeter
+
+
+@dataclass
+class ModelConfig:
+    """Which base model, and what of it is trained."""
+
+    name: str = "tiny"
+    """Registered model name (`bench ls`)."""
+    lora_rank: int = 8
+    """LoRA rank on the UNet attention projections; 0 means full fine-tuning of the UNet."""
+    lora_alpha: float = 8.0
+    """LoRA scaling numerator (effective scale alpha / rank)."""
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """Module names inside the UNet that get adapters."""
+    dtype: str = "float32"
+    """Autocast dtype on a GPU ("float32", "bfloat16", "float16"); the CPU always runs float32."""
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the guidance scale, (B,) -> (B, dim), as LCM pipelines feed `timestep_cond`.
+    Same formula as diffusers' `LatentConsistencyModelPipeline.get_guidance_scale_embedding` (VDM)."""
+    w = w.float() * 1000.0
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / (half - 1)))
+    emb = w[:, None] * freqs[None, :].to(w.device)
+    emb = torch.cat([emb.sin(), emb.cos()], dim=1)
+    return nn.functional.pad(emb, (0, dim % 2))
+
+
+class Policy(nn.Module):
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, config: ModelConfig,
+                 meter: ComputeMeter | None = None, image_size: int | None = None):
+        super().__init__()
+        self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
+        self.tokenizer, self.scheduler, self.config = tokenizer, scheduler, config
+        self.meter = meter or ComputeMeter()
+        self.text_encoder.requires_grad_(False)
+        if self.vae is not None:
+            self.vae.requires_grad_(False)
+        self.unet.requires_grad_(False)
+        self._reference_unet = None
+        if config.lora_rank > 0:
+            from peft import LoraConfig
+
+            self.unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                             init_lora_weights="gaussian", target_modules=list(config.lora_targets)))
+        else:  # full fine-tuning: the reference is a frozen copy
+            self._reference_unet = copy.deepcopy(self.unet).eval()
+            self.unet.requires_grad_(True)
+        self._in_reference = False
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        c = unet.config
+        scale = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+        side = image_size // scale if image_size else c.sample_size
+        self.latent_shape = (c.in_channels, side, side)
+        self.image_size = side * scale
+
+    # ---- text ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(B,) prompts -> (B, L, D) last hidden states of the frozen text encoder (cached per prompt)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            tok = self.tokenizer(missing, padding="max_length", truncation=True, return_tensors="pt",
+                                 max_length=self.tokenizer.model_max_length)
+            hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
+            self._prompt_cache.update(zip(missing, hidden))
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    # ---- the consistency function ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def consistency(self, x_t: torch.Tensor, t: int, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """f_θ(x_t, t, c, w): (B, C, H, W) -> x̂_0 (B, C, H, W), exactly as `LCMScheduler.step` forms it."""
+        b = x_t.shape[0]
+        self.meter.charge_forward(b)
+        unet = self._reference_unet if (self._in_reference and self._reference_unet is not None) else self.unet
+        w_emb = guidance_embedding(torch.full((b,), guidance_scale - 1.0), self.unet.config.time_cond_proj_dim)
+        ts = torch.full((b,), t, device=x_t.device, dtype=torch.long)
+        with self._autocast():
+            eps = unet(x_t, ts, encoder_hidden_states=cond, timestep_cond=w_emb.to(x_t)).sample.float()
+        a = self.scheduler.alphas_cumprod[t].to(x_t)
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            x0_pred = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        elif kind == "sample":
+            x0_pred = eps
+        else:  # "v_prediction"
+            x0_pred = a.sqrt() * x_t - (1 - a).sqrt() * eps
+        c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(t)
+        out = c_skip * x_t + c_out * x0_pred
+        return self.meter.watch_backward(out)
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.dtype != "float32":
+            return torch.autocast("cuda", dtype=getattr(torch, self.config.dtype))
+        return torch.autocast("cpu", enabled=False)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x̂_0 latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1], differentiable (clamped as pipelines do)."""
+        if self.vae is not None:
+            with self._autocast():
+                x0 = self.vae.decode(x0 / self.vae.config.scaling_factor).sample.float()
+        return (x0 / 2 + 0.5).clamp(0, 1)
+
+    @contextmanager
+    def reference(self):
+        """Inside this context the policy is the frozen starting model."""
+        if self._in_reference:
+            yield
+            return
+        self._in_reference = True
+        if self._reference_unet is None:
+            self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            if self._reference_unet is None:
+                self.unet.enable_adapters()
+            self._in_reference = False
+
+    # ---- training state ----------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.unet.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for n, v in state.items():
+                params[n].copy_(v)
+
+
+# ---- tiny models, built from config ------------------------------------------------------------------------
+@dataclass
+class TinySpec:
+    """A tiny LCM of the real classes, random weights."""
+
+    image_size: int = 16  # pixels per side of the decoded image
+    block_out_channels: tuple[int, ...] = (32, 64)
+    cross_attention_dim: int = 32  # text embedding width
+    latent_channels: int = 3  # 3 = pixel space (identity decoder); 4 = latent space with a tiny VAE
+    vae: bool = False  # decode with a 2x-upsampling AutoencoderKL
+    vocab: list[str] = field(default_factory=list)  # extra words for the word-level tokenizer
+    seed: int = 1234  # the base model is the same for every run seed
+
+
+def word_tokenizer(words: list[str], max_length: int = 16):
+    """A word-level tokenizer that needs no download (a `PreTrainedTokenizerFast`, same call API as CLIP's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(w.lower() for w in words) - set(specials)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.normalizer = __import__("tokenizers").normalizers.Lowercase()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<bos>", eos_token="<eos>", model_max_length=max_length)
+
+
+def build_tiny(spec: TinySpec, config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
+    from diffusers import LCMScheduler
+
+    from bench.prompts import TINY_WORDS
+
+    tokenizer = word_tokenizer(TINY_WORDS + spec.vocab)
+    with torch.random.fork_rng():  # the base weights depend on spec.seed only, not on the run's RNG
+        torch.manual_seed(spec.seed)
+        text_encoder, unet, vae = _tiny_modules(spec, len(tokenizer), tokenizer.model_max_length)
+    scheduler = LCMScheduler(prediction_type="sample")
+    return Policy(unet, text_encoder, tokenizer, scheduler, vae, config=config, meter=meter, image_size=spec.image_size)
+
+
+def _tiny_modules(spec: TinySpec, vocab_size: int, max_length: int):
+    """Text encoder, UNet and optional VAE of a tiny LCM (random weights from the current RNG)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=spec.cross_attention_dim, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=max_length, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3)).eval()
+    vae = None
+    side = spec.image_size
+    if spec.vae:
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=spec.latent_channels,
+                            block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8).eval()
+        side //= 2
+    unet = UNet2DConditionModel(
+        sample_size=side, in_channels=spec.latent_channels, out_channels=spec.latent_channels,
+        block_out_channels=spec.block_out_channels, layers_per_block=1, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=spec.cross_attention_dim, attention_head_dim=8, time_cond_proj_dim=32)
+    # A random ε-predictor puts x̂_0 = (x - σ ε)/sqrt(ᾱ) far outside the image range, so every pixel would be
+    # clamped and rewards would have no gradient. The random tiny models therefore predict x̂_0 directly
+    # (LCMScheduler's prediction_type="sample"), with a small output layer: images vary around grey.
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(0.5)
+        unet.conv_out.bias.zero_()
+    return text_encoder, unet, vae
+
+
+def tiny(config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
+    """Random ~0.8 M-parameter pixel-space LCM, 16x16 images (CI and smoke tests)."""
+    return build_tiny(TinySpec(), config, meter)
+
+
+def tiny_vae(config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
+    """Random latent-space LCM at TRL's benchmark shapes: UNet (32, 64), 4x32x32 latents, tiny VAE to 64x64."""
+    return build_tiny(TinySpec(image_size=64, latent_channels=4, vae=True), config, meter)
