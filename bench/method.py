@@ -1,0 +1,79 @@
+"""The method contract: a method is built from its config, the policy, the shared sampler, a reward and the
+training prompts; one `step()` is one outer iteration (sample, score, update) returning scalar logs.
+
+What every method needs and no method should re-implement lives here: the optimizer over the policy's
+trainable parameters, one guarded update (NaN check, gradient clipping), and the prompt draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+from bench.models import Policy
+from bench.reward import Reward
+from bench.sampler import SamplerConfig
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation fields every method has; each method's config extends this."""
+
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this before each update (0 disables)."""
+    batch_size: int = 8
+    """Images sampled per outer step."""
+
+
+class Method:
+    """Base class. Subclasses set `Config` (a TrainConfig dataclass) and implement `step()`."""
+
+    Config: type = TrainConfig
+    first_order: bool = False  # True: back-propagates through the reward, which must then be differentiable
+
+    def __init__(self, name: str, cfg: TrainConfig, policy: Policy, sampler: SamplerConfig, reward: Reward,
+                 prompts: list[str], generator: torch.Generator):
+        if cfg.batch_size < 1:
+            raise BenchError(f"{name}: batch_size must be >= 1, got {cfg.batch_size}")
+        self.name, self.cfg, self.policy, self.sampler, self.reward = name, cfg, policy, sampler, reward
+        self.prompts, self.generator = list(prompts), generator
+        self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_done = 0
+        self.updates_done = 0
+
+    def step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ---- shared pieces -----------------------------------------------------------------------------------
+    def draw_prompts(self, n: int) -> list[str]:
+        """n training prompts drawn uniformly with replacement from the method's generator."""
+        idx = torch.randint(len(self.prompts), (n,), generator=self.generator)
+        return [self.prompts[i] for i in idx.tolist()]
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), refusing a non-finite loss (it would poison the weights silently)."""
+        if not torch.isfinite(loss):
+            raise BenchError(f"{self.name}: non-finite loss ({loss.item()}) at step {self.steps_done + 1}; "
+                             f"lower the learning rate or beta (--set {self.name}.lr=...)")
+        loss.backward()
+
+    def update(self) -> float:
+        """Clip, step, zero. Returns the pre-clip gradient norm."""
+        params = self.policy.trainable_parameters()
+        if self.cfg.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        else:
+            norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None))
+        if not math.isfinite(norm):
+            raise BenchError(f"{self.name}: non-finite gradient at step {self.steps_done + 1}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates_done += 1
+        return norm

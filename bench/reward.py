@@ -1,0 +1,64 @@
+"""The reward contract (DESIGN.md "Contracts"): every training reward and per-image metric is a `Reward`;
+FID-like metrics over a whole set of images are `SetMetric`s (evaluation only).
+
+A reward maps images in [0, 1] of shape (B, 3, H, W) and their prompts to a (B,) tensor. Preprocessing is
+done in torch so that, for a differentiable reward, gradients reach the pixels. Constructors never download:
+weights come from the local cache, and a missing weight is a `BenchError` naming the command that fetches it.
+Calls are charged to the compute meter (`reward_calls` counts images scored), except under `meter.paused()`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.compute import ComputeMeter
+from bench.errors import BenchError
+
+
+class Reward:
+    name: str = "reward"
+    version: str = "0"  # bump when the score changes for the same images; written into every result row
+    higher_is_better: bool = True
+    differentiable: bool = True
+
+    def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
+        self.device = torch.device(device)
+        self.meter = meter or ComputeMeter()
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1], B prompts -> (B,). Subclasses implement this."""
+        raise NotImplementedError
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3 or len(prompts) != images.shape[0]:
+            raise ValueError(f"{self.name}: expected (B, 3, H, W) images and B prompts, got "
+                             f"{tuple(images.shape)} and {len(prompts)} prompts")
+        self.meter.charge_reward(images.shape[0])
+        out = self.score(images, prompts)
+        if out.shape != (images.shape[0],):
+            raise ValueError(f"{self.name}: score returned shape {tuple(out.shape)}, expected ({images.shape[0]},)")
+        return out
+
+
+class SetMetric:
+    """A metric of a whole set of images (FID, diversity): `update` batches, then `compute` one number."""
+
+    name: str = "set-metric"
+    version: str = "0"
+    higher_is_better: bool = False
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def update(self, images: torch.Tensor, prompts: list[str]) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        raise NotImplementedError
+
+
+def require_differentiable(reward: Reward, method: str) -> None:
+    """First-order methods back-propagate through the reward: refuse a non-differentiable one up front."""
+    if not reward.differentiable:
+        raise BenchError(f"method '{method}' back-propagates through the reward, but reward '{reward.name}' is "
+                         f"not differentiable; use a differentiable reward or a policy-gradient method (ddpo, d3po)")

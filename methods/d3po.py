@@ -1,0 +1,90 @@
+"""D3PO on an LCM: direct preference optimisation on sampling trajectories (METHODS.md §4; Yang et al.
+2024, yk7333/d3po).
+
+One outer step: for batch_size/2 prompts, sample two trajectories from the **same initial noise** (their
+per-step noise differs); the reward model decides the winner of each pair (the preference rule: the higher
+reward wins; exact ties carry no preference and are dropped and counted). Then at every stochastic step k,
+with the frozen reference policy, the per-step DPO loss
+
+    -log σ( β · [ log r_w(k) - log r_l(k) ] ),   r(k) = clamp(π_θ / π_ref at step k, 1 ± ratio_clip)
+
+is accumulated over the steps of a minibatch of pairs before one optimizer update. The reward need not be
+differentiable: only its ordering of each pair is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+from bench.method import Method, TrainConfig
+from bench.sampler import sample, step_log_prob
+from methods.losses import d3po_loss
+
+
+@dataclass
+class D3POConfig(TrainConfig):
+    beta: float = 0.1
+    """DPO inverse temperature β (D3PO: 0.1)."""
+    ratio_clip: float = 0.1
+    """Per-step likelihood ratio clamped to 1 ± this (D3PO: train.eps = 0.1)."""
+    train_batch_size: int = 2
+    """Pairs per minibatch update."""
+    lr: float = 3e-3
+
+
+class D3PO(Method):
+    """D3PO: per-step DPO on pairs of trajectories from the same initial noise."""
+
+    Config = D3POConfig
+
+    def __init__(self, name, cfg: D3POConfig, policy, sampler, reward, prompts, generator):
+        super().__init__(name, cfg, policy, sampler, reward, prompts, generator)
+        if cfg.batch_size % 2 or (cfg.batch_size // 2) % cfg.train_batch_size:
+            raise BenchError(f"{name}: batch_size ({cfg.batch_size}) must be twice a multiple of train_batch_size "
+                             f"({cfg.train_batch_size}): samples come in pairs")
+        self.ties = 0
+
+    def step(self) -> dict[str, float]:
+        cfg = self.cfg
+        pairs = cfg.batch_size // 2
+        prompts = self.draw_prompts(pairs)
+        init = torch.randn((pairs, *self.policy.latent_shape), generator=self.generator)  # shared x_{τ_N}
+        # Layout: sample 2i and 2i+1 are the pair of prompt i.
+        traj = sample(self.policy, [p for p in prompts for _ in range(2)], self.sampler, self.generator,
+                      init=init.repeat_interleave(2, dim=0))
+        with torch.no_grad():
+            reward = self.reward(traj.images, traj.prompts).view(pairs, 2)  # (pairs, 2)
+        keep = reward[:, 0] != reward[:, 1]  # ties carry no preference
+        self.ties += int((~keep).sum())
+        first_wins = reward[:, 0] > reward[:, 1]
+        pair_idx = torch.arange(pairs)[keep]
+        winners = 2 * pair_idx + (~first_wins[keep]).long()
+        losers = 2 * pair_idx + first_wins[keep].long()
+        logs = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "clipfrac": 0.0}
+        n_terms, norms = 0, []
+        steps = traj.num_noisy_steps
+        order = torch.randperm(len(pair_idx), generator=self.generator)
+        for start in range(0, len(pair_idx), cfg.train_batch_size):
+            sel = order[start:start + cfg.train_batch_size]
+            win, lose = traj.select(winners[sel]), traj.select(losers[sel])
+            for k in range(steps):
+                with torch.no_grad():
+                    ref_w = step_log_prob(self.policy, win, k, self.sampler, reference=True)
+                    ref_l = step_log_prob(self.policy, lose, k, self.sampler, reference=True)
+                logp_w = step_log_prob(self.policy, win, k, self.sampler)
+                logp_l = step_log_prob(self.policy, lose, k, self.sampler)
+                loss, info = d3po_loss(logp_w, ref_w, logp_l, ref_l, cfg.beta, cfg.ratio_clip)
+                self.backward(loss / steps)
+                logs["loss"] += loss.item()
+                for key in ("accuracy", "margin", "clipfrac"):
+                    logs[key] += info[key]
+                n_terms += 1
+            if steps:
+                norms.append(self.update())
+        logs = {k: v / max(n_terms, 1) for k, v in logs.items()}
+        self.steps_done += 1
+        return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item(), "pairs": float(len(pair_idx)),
+                "ties_total": float(self.ties), "grad_norm": sum(norms) / max(len(norms), 1), **logs}

@@ -1,0 +1,83 @@
+"""DDPO on an LCM: policy gradient with PPO-clip over the sampler's stochastic steps, as RLCM applies it
+(METHODS.md §3; Black et al. 2023, Owen-Oertell/rlcm).
+
+One outer step: sample a batch without gradients and store the trajectory; score the final images (any
+reward: it need not be differentiable); turn rewards into advantages with per-prompt running statistics,
+clipped to ±A_max; then for each inner epoch and each minibatch, re-score every stored noisy step under the
+current parameters and take the PPO-clip loss, accumulating gradients over the steps of the minibatch
+before one optimizer update (as DDPO accumulates over timesteps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+from bench.method import Method, TrainConfig
+from bench.sampler import sample, step_log_prob
+from methods.losses import PerPromptStatTracker, clip_advantages, ppo_clip_loss
+
+
+@dataclass
+class DDPOConfig(TrainConfig):
+    train_batch_size: int = 4
+    """Trajectories per minibatch update (batch_size must be a multiple of it)."""
+    inner_epochs: int = 1
+    """Passes over each sampled batch."""
+    clip_range: float = 1e-4
+    """PPO clip ε on the per-step likelihood ratio (RLCM: 1e-4)."""
+    adv_clip_max: float = 10.0
+    """Advantages are clipped to ±this (RLCM: 10)."""
+    stat_buffer: int = 32
+    """Per-prompt reward history kept for advantage statistics (rewards)."""
+    stat_min_count: int = 16
+    """Below this many rewards for a prompt, the batch mean/std is used instead."""
+    lr: float = 3e-3
+
+
+class DDPO(Method):
+    """DDPO/RLCM: PPO-clip policy gradient over the LCM sampler's stochastic steps."""
+
+    Config = DDPOConfig
+
+    def __init__(self, name, cfg: DDPOConfig, policy, sampler, reward, prompts, generator):
+        super().__init__(name, cfg, policy, sampler, reward, prompts, generator)
+        if cfg.batch_size % cfg.train_batch_size:
+            raise BenchError(f"{name}: batch_size ({cfg.batch_size}) must be a multiple of train_batch_size "
+                             f"({cfg.train_batch_size})")
+        self.tracker = PerPromptStatTracker(cfg.stat_buffer, cfg.stat_min_count)
+
+    def step(self) -> dict[str, float]:
+        cfg = self.cfg
+        prompts = self.draw_prompts(cfg.batch_size)
+        traj = sample(self.policy, prompts, self.sampler, self.generator, grad=False)
+        with torch.no_grad():
+            reward = self.reward(traj.images, prompts)  # (B,)
+        adv = torch.as_tensor(clip_advantages(self.tracker.update(prompts, reward.cpu().numpy()), cfg.adv_clip_max),
+                              dtype=torch.float32, device=reward.device)  # (B,)
+        steps = traj.num_noisy_steps
+        logs: dict[str, float] = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
+        n_terms = 0
+        for _ in range(cfg.inner_epochs):
+            order = torch.randperm(cfg.batch_size, generator=self.generator)
+            for start in range(0, cfg.batch_size, cfg.train_batch_size):
+                idx = order[start:start + cfg.train_batch_size]
+                mb = traj.select(idx)
+                for k in range(steps):  # every stochastic step of the stored trajectories
+                    log_prob = step_log_prob(self.policy, mb, k, self.sampler)
+                    loss, info = ppo_clip_loss(log_prob, mb.log_probs[:, k], adv[idx], cfg.clip_range)
+                    self.backward(loss / steps)
+                    logs["loss"] += loss.item()
+                    logs["approx_kl"] += info["approx_kl"]
+                    logs["clipfrac"] += info["clipfrac"]
+                    n_terms += 1
+                if steps:
+                    logs["grad_norm"] += self.update()
+        n_updates = max(1, cfg.inner_epochs * (cfg.batch_size // cfg.train_batch_size))
+        logs = {k: v / max(n_terms, 1) for k, v in logs.items() if k != "grad_norm"} | \
+               {"grad_norm": logs["grad_norm"] / n_updates}
+        self.steps_done += 1
+        return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if len(reward) > 1 else 0.0,
+                **logs}
