@@ -1,0 +1,140 @@
+"""The `bench` command line (typer): ls, run, report, perf.
+
+Mistakes a user can fix (unknown names, bad budgets, missing weights, corrupt files, NaN losses) print one
+line, `error: ...`, and exit with code 2 — never a traceback. Heavy imports happen inside the commands so
+that `bench ls` and `bench report` start fast (the report never imports torch).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from bench.errors import BenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="A benchmark suite for RLHF on latent consistency models: ROCM, DDPO and D3PO under one "
+                       "sampler, one reward interface and matched compute budgets.")
+
+DEFAULT_MODEL = "tiny"
+DEFAULT_METHODS = "rocm-kl,rocm-js,rocm-none,ddpo,d3po"
+DEFAULT_REWARDS = "brightness"
+DEFAULT_BUDGET = "2000nfe"
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in _split(text)]
+    except ValueError:
+        raise BenchError(f"bad --seeds '{text}': expected comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise BenchError(f"bad --seeds '{text}': repeated seed")
+    return seeds
+
+
+@app.command("ls")
+def ls() -> None:
+    """List methods, rewards, metrics, models and divergences, one line each."""
+    from bench.registry import METHODS, MODELS, REWARDS, SET_METRICS, describe
+
+    print("methods:")
+    for name, (target, overrides) in METHODS.items():
+        extra = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        print(f"  {name:<22} {describe(target)}" + (f" [{extra}]" if extra else ""))
+    print("rewards (also metrics):")
+    for name, target in REWARDS.items():
+        print(f"  {name:<22} {describe(target)}")
+    print("set metrics (evaluation only):")
+    for name, target in SET_METRICS.items():
+        print(f"  {name:<22} {describe(target)}")
+    print(f"  {'kl-to-base':<22} KL of the policy's trajectory distribution from the base model (always computed)")
+    print("models:")
+    for name, target in MODELS.items():
+        print(f"  {name:<22} {describe(target)}")
+    from methods.divergences import DIVERGENCES
+
+    print("divergences (ROCM):")
+    for name, fn in DIVERGENCES.items():
+        print(f"  {name:<22} {(fn.__doc__ or '').strip().splitlines()[0]}")
+
+
+@app.command()
+def run(
+    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names (`bench ls`)."),
+    rewards: str = typer.Option(DEFAULT_REWARDS, help="Comma-separated training rewards; one run per reward."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Base model (`bench ls`)."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds; one run per seed."),
+    budget: str = typer.Option(DEFAULT_BUDGET, help="Training compute per run: 2000nfe (denoiser evaluations "
+                                                    "per sample, backward = 2), or device time: 90s, 10m, 1.5h."),
+    out: Path = typer.Option(Path("results/default"), help="Suite folder; an existing one is resumed."),
+    set_: list[str] = typer.Option([], "--set", help="Override any config field: key=value (repeatable), e.g. "
+                                                     "rocm.beta=0.1, sampler.steps=8, eval.points=5."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train every method x reward x seed under the same budget, evaluating as it goes."""
+    from bench.compute import Budget
+    from bench.config import SuiteConfig, apply_sets
+    from bench.models import ModelConfig
+    from bench.runner import run_suite
+
+    suite = SuiteConfig(methods=_split(methods), rewards=_split(rewards), seeds=_seeds(seeds),
+                        budget=Budget.parse(budget), model=ModelConfig(name=model), device=device)
+    apply_sets(suite, set_)
+    dirs = run_suite(suite, out, argv=["bench", *sys.argv[1:]], show_progress=progress)
+    print(f"{len(dirs)} runs in {out}; next: bench report {out}")
+
+
+@app.command()
+def report(suite_dir: Path = typer.Argument(..., help="A folder written by `bench run`."),
+           out: Path = typer.Option(None, help="Where to write (default SUITE_DIR/report).")) -> None:
+    """Tables (Markdown, CSV, LaTeX), plots and image grids from a suite folder (reads files only)."""
+    from bench.report import build_report
+
+    if not suite_dir.is_dir():
+        raise BenchError(f"suite folder not found: {suite_dir}")
+    files = build_report(suite_dir, out)
+    table = next((f for f in files if f.name == "table.md"), None)
+    if table is not None:
+        print(table.read_text())
+    print(f"wrote {len(files)} files to {files[0].parent if files else out}")
+
+
+@app.command()
+def perf(
+    model: str = typer.Option("tiny", help="Model to time (tiny-vae is TRL's benchmark configuration)."),
+    methods: str = typer.Option("rocm-kl,ddpo,d3po", help="Methods to time."),
+    repeats: int = typer.Option(5, help="Timed steps per method, after one warm-up step."),
+    set_: list[str] = typer.Option([], "--set", help="Config overrides, as for `bench run`."),
+    out: Path = typer.Option(Path("results/perf.json"), help="JSON output."),
+    memory_steps: str = typer.Option("1,2,4,8", help="Sampling steps for ROCM's peak-memory sweep ('' to skip)."),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+) -> None:
+    """Time each method's training step against the bare denoiser compute it contains; peak memory."""
+    from bench.perf import run_perf
+
+    run_perf(model=model, methods=_split(methods), repeats=repeats, sets=set_, out=out,
+             memory_steps=[int(s) for s in _split(memory_steps)], device=device)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only `bench fetch` may touch the network
+    try:
+        app()
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: completed runs are kept; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

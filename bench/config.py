@@ -1,0 +1,210 @@
+"""Suite and run configuration: typed dataclasses, `--set key=value` overrides, and up-front validation.
+
+A suite is methods x rewards x seeds, all on one model, one sampler, one prompt split, one evaluation
+harness and one budget. `--set` addresses any field:
+
+    model.lora_rank=4   sampler.steps=8   eval.points=5   prompts.train=my_prompts.txt
+    rocm.beta=0.1       (every ROCM entry: the method family is the module name)
+    rocm-kl.beta=0.1    (one entry)          method.lr=1e-4   (every method that has the field)
+
+Everything is validated before the first run starts, so a typo never costs a half-finished suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.compute import Budget
+from bench.errors import BenchError, unknown_name
+from bench.models import ModelConfig
+from bench.sampler import SamplerConfig
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation at fixed fractions of the budget; never charged to it."""
+
+    points: int = 10
+    """Evaluations at 1/points, 2/points, …, 1 of the budget, plus one of the base model at 0."""
+    samples_per_prompt: int = 2
+    """Images per prompt at each evaluation (the same noise at every point, for every method)."""
+    max_prompts: int = 16
+    """At most this many prompts per split (the first ones)."""
+    seed: int = 12345
+    """Seed of the evaluation noise (fixed across methods and run seeds: paired comparisons)."""
+    metrics: tuple[str, ...] = ()
+    """Metrics to compute; empty = the model's defaults plus the training reward."""
+    grid_images: int = 16
+    """Held-out images saved in each evaluation's sample grid."""
+
+
+@dataclass
+class PromptConfig:
+    set: str = ""
+    """Registered prompt set (empty = the model's default)."""
+    train: str = ""
+    """A text file of training prompts (one per line) instead of the set's training split."""
+    heldout: str = ""
+    """A text file of held-out prompts instead of the set's held-out split."""
+
+
+@dataclass
+class SuiteConfig:
+    methods: list[str]
+    rewards: list[str]
+    seeds: list[int]
+    budget: Budget
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    method_sets: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Raw `--set` values for method fields, by prefix (method name, family, or "method")."""
+    device: str = "cpu"
+
+
+SECTIONS = ("model", "sampler", "eval", "prompts")
+
+
+def parse_value(text: str, typ: Any, key: str) -> Any:
+    """Convert a `--set` string to a field's declared type."""
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ in (int, float, str):
+            return typ(text)
+        if origin in (tuple, list):
+            inner = typing.get_args(typ)[0]
+            items = [parse_value(t.strip(), inner, key) for t in text.split(",") if t.strip()]
+            return tuple(items) if origin is tuple else items
+        if origin is typing.Union or str(origin) == "types.UnionType":
+            for t in typing.get_args(typ):
+                if t is not type(None):
+                    return parse_value(text, t, key)
+    except ValueError:
+        pass
+    raise BenchError(f"bad value for {key}: '{text}' is not a {getattr(typ, '__name__', typ)}")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def set_field(obj: Any, name: str, text: str, key: str) -> None:
+    types = _field_types(type(obj))
+    if name not in types:
+        raise unknown_name("config field", key, [f"{key.rsplit('.', 1)[0]}.{n}" for n in types])
+    setattr(obj, name, parse_value(text, types[name], key))
+
+
+def apply_sets(suite: SuiteConfig, sets: list[str]) -> None:
+    """Apply `key=value` overrides: sections directly, method fields kept raw until each method is built."""
+    for item in sets:
+        if "=" not in item:
+            raise BenchError(f"bad --set '{item}': expected key=value, e.g. sampler.steps=8")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if "." not in key:
+            raise BenchError(f"bad --set key '{key}': expected section.field, e.g. rocm.beta or sampler.steps")
+        prefix, name = key.rsplit(".", 1)
+        if prefix in SECTIONS:
+            set_field(getattr(suite, prefix), name, value, key)
+        else:
+            suite.method_sets.setdefault(prefix, {})[name] = value
+
+
+def family(method_target: str) -> str:
+    """'methods.rocm:ROCM' -> 'rocm'."""
+    return method_target.split(":")[0].rsplit(".", 1)[-1]
+
+
+def method_config(name: str, suite: SuiteConfig):
+    """The resolved config dataclass of one method entry: defaults < registry overrides < --set values."""
+    from bench.registry import METHODS, method_class
+
+    cls, overrides = method_class(name)
+    cfg = cls.Config(**overrides)
+    fam = family(METHODS[name][0])
+    for prefix in ("method", fam, name):  # general to specific: the most specific wins
+        for fname, text in suite.method_sets.get(prefix, {}).items():
+            types = _field_types(cls.Config)
+            if fname not in types:
+                if prefix == "method":
+                    continue  # "method.x" applies to the methods that have x (validated in validate())
+                raise unknown_name(f"field of {name}", f"{prefix}.{fname}", [f"{prefix}.{n}" for n in types])
+            setattr(cfg, fname, parse_value(text, types[fname], f"{prefix}.{fname}"))
+    return cls, cfg
+
+
+def validate(suite: SuiteConfig) -> None:
+    """Every name, value and combination, before anything runs or is written."""
+    from bench.prompts import load_prompts
+    from bench.registry import MODEL_DEFAULTS, METHODS, metric_class, method_class, model_builder, reward_class
+
+    if not suite.methods:
+        raise BenchError("no methods given: e.g. --methods rocm-kl,ddpo (see `bench ls`)")
+    if not suite.rewards:
+        raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
+    if not suite.seeds:
+        raise BenchError("no seeds given: e.g. --seeds 0,1,2")
+    model_builder(suite.model.name)
+    for prefix in suite.method_sets:
+        families = {family(t) for t, _ in METHODS.values()}
+        if prefix != "method" and prefix not in METHODS and prefix not in families:
+            raise unknown_name("--set prefix", prefix, [*SECTIONS, "method", *sorted(families), *METHODS])
+    for fname in suite.method_sets.get("method", {}):
+        if not any(fname in _field_types(method_class(m)[0].Config) for m in suite.methods):
+            raise BenchError(f"--set method.{fname}: no method in this suite has a field '{fname}'")
+    for r in suite.rewards:
+        reward_class(r)
+    for m in suite.methods:
+        cls, cfg = method_config(m, suite)
+        for r in suite.rewards:
+            if cls.first_order and not reward_class(r).differentiable:
+                raise BenchError(f"method '{m}' back-propagates through the reward, but reward '{r}' is not "
+                                 f"differentiable; use a differentiable reward or a policy-gradient method "
+                                 f"(ddpo, d3po)")
+    for metric in metrics_for(suite, suite.rewards[0]):
+        if metric != "kl-to-base":
+            metric_class(metric)
+    if suite.sampler.steps < 1:
+        raise BenchError(f"sampler.steps must be >= 1, got {suite.sampler.steps}")
+    if suite.eval.points < 1:
+        raise BenchError(f"eval.points must be >= 1, got {suite.eval.points}")
+    defaults = MODEL_DEFAULTS.get(suite.model.name, {})
+    for split in ("train", "heldout"):
+        load_prompts(getattr(suite.prompts, split) or suite.prompts.set or defaults.get("prompts", "tiny"), split)
+
+
+def metrics_for(suite: SuiteConfig, reward: str) -> list[str]:
+    """Metrics computed at every evaluation: the training reward first, then the rest, then kl-to-base."""
+    from bench.registry import MODEL_DEFAULTS
+
+    chosen = list(suite.eval.metrics) or list(MODEL_DEFAULTS.get(suite.model.name, {}).get("metrics", []))
+    out = [reward] + [m for m in chosen if m != reward]
+    return out + (["kl-to-base"] if "kl-to-base" not in out else [])
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Budget):
+        return obj.as_dict()
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def closest(name: str, options: list[str]) -> str | None:
+    m = difflib.get_close_matches(name, options, n=1)
+    return m[0] if m else None

@@ -1,0 +1,85 @@
+"""Registries as plain dicts: name -> "module:attribute" (imported on use, so `bench ls` and the report stay
+light and `bench` never imports a concrete method or reward except through here).
+
+Methods map to (class, config overrides): one benchmark entry per ROCM divergence shares `methods/rocm.py`.
+β defaults differ per divergence because their scales differ by orders of magnitude (METHODS.md §2); every
+run writes its β into its results and the report shows it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bench.errors import unknown_name
+
+MODELS: dict[str, str] = {
+    "tiny": "bench.models:tiny",
+    "tiny-vae": "bench.models:tiny_vae",
+}
+
+# Per-model defaults: prompt set, evaluation metrics (every one is computed at every evaluation point).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": {"prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
+    "tiny-vae": {"prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
+}
+
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rocm-kl": ("methods.rocm:ROCM", {"divergence": "kl", "beta": 0.01}),
+    "rocm-js": ("methods.rocm:ROCM", {"divergence": "js", "beta": 0.1, "per_dim": True}),
+    "rocm-hellinger": ("methods.rocm:ROCM", {"divergence": "hellinger", "beta": 0.1, "per_dim": True}),
+    "rocm-tv": ("methods.rocm:ROCM", {"divergence": "tv", "beta": 0.1, "per_dim": True}),
+    "rocm-chi2": ("methods.rocm:ROCM", {"divergence": "chi2", "beta": 0.01, "per_dim": True}),
+    "rocm-none": ("methods.rocm:ROCM", {"divergence": "none", "beta": 0.0}),
+    "ddpo": ("methods.ddpo:DDPO", {}),
+    "d3po": ("methods.d3po:D3PO", {}),
+}
+
+REWARDS: dict[str, str] = {
+    "brightness": "rewards.toy:Brightness",
+    "colorfulness": "rewards.toy:Colorfulness",
+    "jpeg-compressibility": "rewards.toy:JpegCompressibility",
+}
+
+# Set metrics (evaluation only) and the built-in per-sample "kl-to-base" are metrics but not rewards.
+SET_METRICS: dict[str, str] = {
+    "diversity": "rewards.toy:PixelDiversity",
+}
+
+
+def _import(target: str) -> Any:
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def model_builder(name: str):
+    if name not in MODELS:
+        raise unknown_name("model", name, list(MODELS))
+    return _import(MODELS[name])
+
+
+def method_class(name: str) -> tuple[type, dict[str, Any]]:
+    if name not in METHODS:
+        raise unknown_name("method", name, list(METHODS))
+    target, overrides = METHODS[name]
+    return _import(target), dict(overrides)
+
+
+def reward_class(name: str) -> type:
+    if name not in REWARDS:
+        raise unknown_name("reward", name, list(REWARDS))
+    return _import(REWARDS[name])
+
+
+def metric_class(name: str) -> type:
+    if name in REWARDS:
+        return _import(REWARDS[name])
+    if name in SET_METRICS:
+        return _import(SET_METRICS[name])
+    raise unknown_name("metric", name, list(REWARDS) + list(SET_METRICS) + ["kl-to-base"])
+
+
+def describe(target: str) -> str:
+    """First line of the registered object's docstring (for `bench ls`)."""
+    doc = (_import(target).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
