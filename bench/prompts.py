@@ -10,6 +10,8 @@ from itertools import product
 from pathlib import Path
 
 from bench.errors import BenchError, unknown_name
+from bench.testbed.world_prompts import HELDOUT_PROMPTS as _TESTBED_HELDOUT
+from bench.testbed.world_prompts import TRAIN_PROMPTS as _TESTBED_TRAIN
 
 _COLOURS = ["red", "green", "blue", "yellow"]
 _ANIMALS = ["cat", "dog", "horse", "bird"]
@@ -19,8 +21,30 @@ TINY_WORDS = ["a", "photo", "of"] + _COLOURS + _ANIMALS
 _TINY_HELDOUT = [f"a photo of a {c} {a}" for c, a in zip(_COLOURS, _ANIMALS)]
 _TINY_TRAIN = [p for p in (f"a photo of a {c} {a}" for c, a in product(_COLOURS, _ANIMALS)) if p not in _TINY_HELDOUT]
 
+# Real models. "animals" follows DDPO/RLCM's simple-animal prompts (our own list): held-out animals never
+# appear in training. "styles" is in the spirit of HPDv2's four categories (anime, concept art, painting,
+# photo); held-out prompts are unseen subject x style combinations.
+_ANIMALS_TRAIN = ["cat", "dog", "horse", "cow", "sheep", "goat", "pig", "rabbit", "mouse", "hamster", "deer",
+                  "fox", "wolf", "bear", "lion", "tiger", "leopard", "zebra", "giraffe", "elephant", "monkey",
+                  "gorilla", "kangaroo", "koala", "panda", "camel", "donkey", "squirrel", "hedgehog", "otter",
+                  "seal", "dolphin", "whale", "shark", "turtle", "frog", "snake", "lizard", "crocodile", "owl",
+                  "eagle", "parrot", "penguin", "duck", "chicken", "swan", "flamingo", "butterfly"]
+_ANIMALS_HELDOUT = ["raccoon", "lynx", "moose", "hippopotamus", "rhinoceros", "sloth", "beaver", "badger",
+                    "peacock", "pelican", "octopus", "bee"]
+_STYLE_SUBJECTS = ["a lighthouse on a cliff", "an old bookshop", "a mountain village", "a robot gardener",
+                   "a sailing ship in a storm", "a street market at night", "a fox in the snow", "a glass teapot"]
+_STYLES = ["anime style", "concept art", "an oil painting", "a photograph"]
+_STYLE_PAIRS = [f"{subject}, {style}" for subject in _STYLE_SUBJECTS for style in _STYLES]
+_STYLE_HELDOUT = [f"{s}, {st}" for s, st in zip(_STYLE_SUBJECTS, _STYLES * 2)]
+
 PROMPT_SETS: dict[str, dict[str, list[str]]] = {
     "tiny": {"train": _TINY_TRAIN, "heldout": _TINY_HELDOUT},
+    "animals": {"train": [f"a photo of a {a}" for a in _ANIMALS_TRAIN],
+                "heldout": [f"a photo of a {a}" for a in _ANIMALS_HELDOUT]},
+    "styles": {"train": [p for p in _STYLE_PAIRS if p not in _STYLE_HELDOUT], "heldout": _STYLE_HELDOUT},
+    # Coloured digits: 90 training combinations; 20 held-out (digit, ink, background) combinations never seen
+    # in the generator's training or RL training (bench/testbed/world_prompts.py).
+    "testbed": {"train": _TESTBED_TRAIN, "heldout": _TESTBED_HELDOUT},
 }
 
 
