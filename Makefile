@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test]"
+	# The original reward packages, only for the tests that compare our scores with theirs. Their pins
+	# (pytest==7.2, protobuf<4, timm==0.6.13, ...) would break the environment, so they go to a side folder.
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation --target build/originals \
+		hpsv2x==1.2.0 image-reward==1.5 fairscale==0.4.13 clint==0.5.1 args==0.1.0
 	touch $(STAMP)
 
 .PHONY: install bench test test-all

@@ -156,6 +156,9 @@ def validate(suite: SuiteConfig) -> None:
     if not suite.seeds:
         raise BenchError("no seeds given: e.g. --seeds 0,1,2")
     model_builder(suite.model.name)
+    from bench.hub import require_cached
+
+    require_cached(suite.model.name)
     for prefix in suite.method_sets:
         families = {family(t) for t, _ in METHODS.values()}
         if prefix != "method" and prefix not in METHODS and prefix not in families:

@@ -34,6 +34,32 @@ def kl_to_base(means: torch.Tensor, ref_means: torch.Tensor, sigmas: torch.Tenso
 
 
 @torch.no_grad()
+def draw_images(policy: Policy, sampler: SamplerConfig, prompts: list[str], samples_per_prompt: int,
+                seed: int) -> tuple[torch.Tensor, list[str]]:
+    """`samples_per_prompt` images per prompt from fixed noise, uncharged: (B, 3, H, W) and their prompts."""
+    generator = torch.Generator().manual_seed(seed)
+    all_prompts = [p for p in prompts for _ in range(samples_per_prompt)]
+    with policy.meter.paused():
+        images = [sample(policy, all_prompts[i:i + EVAL_BATCH], sampler, generator).images.cpu()
+                  for i in range(0, len(all_prompts), EVAL_BATCH)]
+    return torch.cat(images), all_prompts
+
+
+def prepare_references(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]],
+                       metrics: dict[str, object], samples_per_prompt: int, seed: int) -> None:
+    """Set metrics whose reference is the base model (FID by default) get its images on each split once,
+    drawn from other noise than the evaluation's, so that at fraction 0 they show the sampling noise floor."""
+    needing = [m for m in metrics.values() if getattr(m, "needs_base_reference", False)]
+    if not needing:
+        return
+    with policy.reference():
+        for prompts in splits.values():
+            images, all_prompts = draw_images(policy, sampler, prompts, samples_per_prompt, seed)
+            for m in needing:
+                m.set_reference(images, all_prompts)
+
+
+@torch.no_grad()
 def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]], metrics: dict[str, object],
              samples_per_prompt: int, seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Returns rows (split, metric, version, higher_is_better, value, stderr, n) and each split's images."""

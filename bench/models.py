@@ -41,6 +41,10 @@ class ModelConfig:
     """Module names inside the UNet that get adapters."""
     dtype: str = "float32"
     """Autocast dtype on a GPU ("float32", "bfloat16", "float16"); the CPU always runs float32."""
+    resolution: int = 0
+    """Image side in pixels; 0 = the model's native size (512 for the Stable Diffusion 1.5 family)."""
+    unet_checkpointing: bool = False
+    """Gradient checkpointing inside the UNet too (real models at 512 px), on top of the sampler's per-step one."""
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -104,10 +108,11 @@ class Policy(nn.Module):
         b = x_t.shape[0]
         self.meter.charge_forward(b)
         unet = self._reference_unet if (self._in_reference and self._reference_unet is not None) else self.unet
-        w_emb = guidance_embedding(torch.full((b,), guidance_scale - 1.0), self.unet.config.time_cond_proj_dim)
+        dim = self.unet.config.time_cond_proj_dim  # None: no guidance embedding (LCM-LoRA), w is not used
+        w_emb = guidance_embedding(torch.full((b,), guidance_scale - 1.0), dim).to(x_t) if dim else None
         ts = torch.full((b,), t, device=x_t.device, dtype=torch.long)
         with self._autocast():
-            eps = unet(x_t, ts, encoder_hidden_states=cond, timestep_cond=w_emb.to(x_t)).sample.float()
+            eps = unet(x_t, ts, encoder_hidden_states=cond, timestep_cond=w_emb).sample.float()
         a = self.scheduler.alphas_cumprod[t].to(x_t)
         kind = self.scheduler.config.prediction_type
         if kind == "epsilon":
@@ -222,7 +227,7 @@ def _tiny_modules(spec: TinySpec, vocab_size: int, max_length: int):
     unet = UNet2DConditionModel(
         sample_size=side, in_channels=spec.latent_channels, out_channels=spec.latent_channels,
         block_out_channels=spec.block_out_channels, layers_per_block=1, norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=spec.cross_attention_dim, attention_head_dim=8, time_cond_proj_dim=32)
     # A random ε-predictor puts x̂_0 = (x - σ ε)/sqrt(ᾱ) far outside the image range, so every pixel would be
     # clamped and rewards would have no gradient. The random tiny models therefore predict x̂_0 directly

@@ -16,12 +16,19 @@ from bench.errors import unknown_name
 MODELS: dict[str, str] = {
     "tiny": "bench.models:tiny",
     "tiny-vae": "bench.models:tiny_vae",
+    "testbed": "bench.testbed.model:load",
+    "lcm-dreamshaper-v7": "bench.hub:lcm_dreamshaper_v7",
+    "lcm-lora-sd15": "bench.hub:lcm_lora_sd15",
 }
 
 # Per-model defaults: prompt set, evaluation metrics (every one is computed at every evaluation point).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
     "tiny-vae": {"prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
+    "testbed": {"prompts": "testbed",
+                "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"]},
+    "lcm-dreamshaper-v7": {"prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"]},
+    "lcm-lora-sd15": {"prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"]},
 }
 
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -39,11 +46,23 @@ REWARDS: dict[str, str] = {
     "brightness": "rewards.toy:Brightness",
     "colorfulness": "rewards.toy:Colorfulness",
     "jpeg-compressibility": "rewards.toy:JpegCompressibility",
+    "testbed-align": "rewards.testbed:TestbedAlign",
+    "testbed-pref": "rewards.testbed:TestbedPref",
+    "testbed-gold": "rewards.testbed:TestbedGold",
+    "pickscore": "rewards.clip_models:PickScore",
+    "clip": "rewards.clip_models:ClipScore",
+    "hpsv2": "rewards.hpsv2:HPSv2",
+    "hpsv21": "rewards.hpsv2:HPSv21",
+    "imagereward": "rewards.imagereward:ImageReward",
 }
 
 # Set metrics (evaluation only) and the built-in per-sample "kl-to-base" are metrics but not rewards.
 SET_METRICS: dict[str, str] = {
     "diversity": "rewards.toy:PixelDiversity",
+    "testbed-fid": "rewards.testbed:TestbedFID",
+    "testbed-diversity": "rewards.testbed:TestbedDiversity",
+    "fid": "rewards.fid:CleanFID",
+    "kid": "rewards.fid:CleanKID",
 }
 
 

@@ -41,7 +41,8 @@ class Reward:
 
 
 class SetMetric:
-    """A metric of a whole set of images (FID, diversity): `update` batches, then `compute` one number."""
+    """A metric of a whole set of images (FID, diversity): `update` batches, then `compute` one number.
+    Constructors take `(device="cpu")`; evaluation is never charged to the compute budget."""
 
     name: str = "set-metric"
     version: str = "0"

@@ -57,7 +57,7 @@ class PixelDiversity(SetMetric):
 
     name, version, higher_is_better = "diversity", "1", True
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
         self.reset()
 
     def reset(self):

@@ -1,0 +1,111 @@
+"""Real models from the Hugging Face cache, and `bench fetch`, the only code that touches the network.
+
+Everything else runs offline: weights are looked up in the local cache (`HF_HUB_CACHE`, else
+`HF_HOME/hub`, else ~/.cache/huggingface/hub, read at call time) and a missing one is a one-line
+`BenchError` naming the `bench fetch` command that downloads it. Tests save tiny random models of the same
+classes in the same folder layout and load them through these same functions.
+
+Models:
+  lcm-dreamshaper-v7  SimianLuo/LCM_Dreamshaper_v7: a distilled LCM with a guidance embedding (w through
+                      `timestep_cond`), 512 px, VAE latents 4x64x64.
+  lcm-lora-sd15       Stable Diffusion 1.5 with latent-consistency/lcm-lora-sdv1-5 fused into its UNet. SD 1.5
+                      has no guidance embedding: it is sampled without guidance (w is ignored), as LCM-LoRA is
+                      usually run at guidance 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bench.compute import ComputeMeter
+from bench.errors import BenchError
+from bench.models import ModelConfig, Policy
+
+DREAMSHAPER = "SimianLuo/LCM_Dreamshaper_v7"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
+
+# What `bench fetch NAME` downloads for each model: (repo id, file patterns or None for the whole repo).
+MODEL_FETCH: dict[str, list[tuple[str, list[str] | None]]] = {
+    "lcm-dreamshaper-v7": [(DREAMSHAPER, ["unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*",
+                                          "model_index.json"])],
+    "lcm-lora-sd15": [(SD15, ["unet/*.json", "unet/diffusion_pytorch_model.safetensors", "vae/*.json",
+                              "vae/diffusion_pytorch_model.safetensors", "text_encoder/*.json",
+                              "text_encoder/model.safetensors", "tokenizer/*", "scheduler/*", "model_index.json"]),
+                      (LCM_LORA_SD15, ["pytorch_lora_weights.safetensors"])],
+}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path.home() / ".cache" / "huggingface" / "hub"
+
+
+def local_snapshot(repo_id: str, fetch_name: str) -> Path:
+    """The cached snapshot folder of `repo_id`, never downloading; a clear error names the fetch command."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir(), local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        raise BenchError(f"weights for '{fetch_name}' ({repo_id}) are not in the Hugging Face cache "
+                         f"({cache_dir()}); run: bench fetch {fetch_name}") from None
+
+
+def require_cached(name: str) -> None:
+    """Fail fast, before a suite starts, when a model's weights are not in the cache."""
+    for repo_id, _ in MODEL_FETCH.get(name, []):
+        local_snapshot(repo_id, name)
+
+
+def fetch(repo_id: str, patterns: list[str] | None) -> Path:
+    """Download (or update) one repository's files into the cache. The only network access of the suite."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, cache_dir=cache_dir(), allow_patterns=patterns))
+
+
+def _components(folder: Path, config: ModelConfig):
+    from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    scheduler = LCMScheduler.from_pretrained(folder / "scheduler")
+    if config.unet_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet, text_encoder, tokenizer, scheduler, vae
+
+
+def lcm_dreamshaper_v7(config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
+    """LCM-Dreamshaper-v7 (SimianLuo/LCM_Dreamshaper_v7), 512 px; weights from the HF cache (bench fetch)."""
+    folder = local_snapshot(DREAMSHAPER, "lcm-dreamshaper-v7")
+    unet, text_encoder, tokenizer, scheduler, vae = _components(folder, config)
+    return Policy(unet, text_encoder, tokenizer, scheduler, vae, config=config, meter=meter,
+                  image_size=config.resolution or None)
+
+
+def lcm_lora_sd15(config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
+    """Stable Diffusion 1.5 with LCM-LoRA fused (no guidance embedding), 512 px; weights from the HF cache."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    folder = local_snapshot(SD15, "lcm-lora-sd15")
+    lora = local_snapshot(LCM_LORA_SD15, "lcm-lora-sd15")
+    # diffusers' documented LCM-LoRA route: load the adapter into the pipeline, fuse it, drop the adapter.
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False, local_files_only=True)
+    pipe.load_lora_weights(lora, weight_name="pytorch_lora_weights.safetensors", adapter_name="lcm")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    if config.unet_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    return Policy(pipe.unet, pipe.text_encoder.eval(), pipe.tokenizer, scheduler, pipe.vae.eval(), config=config,
+                  meter=meter, image_size=config.resolution or None)
