@@ -89,7 +89,8 @@ def run(
                         budget=Budget.parse(budget), model=ModelConfig(name=model), device=device)
     apply_sets(suite, set_)
     dirs = run_suite(suite, out, argv=["bench", *sys.argv[1:]], show_progress=progress)
-    print(f"{len(dirs)} runs in {out}; next: bench report {out}")
+    if os.environ.get("RANK", "0") == "0":  # one line, from the one process that wrote the results
+        print(f"{len(dirs)} runs in {out}; next: bench report {out}")
 
 
 @app.command()
@@ -122,6 +123,41 @@ def perf(
 
     run_perf(model=model, methods=_split(methods), repeats=repeats, sets=set_, out=out,
              memory_steps=[int(s) for s in _split(memory_steps)], device=device)
+
+
+@app.command()
+def fetch(names: list[str] = typer.Argument(..., help="Models and rewards whose weights to download "
+                                                       "(e.g. lcm-dreamshaper-v7 pickscore hpsv2 inception).")) -> None:
+    """Download weights into the Hugging Face cache: the only command that uses the network."""
+    from bench.errors import unknown_name
+    from bench.hub import MODEL_FETCH
+    from bench.hub import fetch as fetch_repo
+    from rewards.weights import FETCH, URL_FETCH
+    from rewards.weights import fetch as fetch_reward
+
+    known = [*MODEL_FETCH, *FETCH, *URL_FETCH]
+    for name in names:
+        if name not in known:
+            raise unknown_name("fetchable name", name, known)
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    for name in names:
+        paths = [fetch_repo(repo, patterns) for repo, patterns in MODEL_FETCH[name]] if name in MODEL_FETCH \
+            else fetch_reward([name])
+        print(f"{name}: " + ", ".join(str(p) for p in paths))
+
+
+testbed_app = typer.Typer(help="The built-in offline testbed (coloured digits).", no_args_is_help=True)
+app.add_typer(testbed_app, name="testbed")
+
+
+@testbed_app.command("build")
+def testbed_build(out: Path = typer.Option(None, help="Weights folder (default: the package's shipped folder)."),
+                  seed: int = typer.Option(0, help="Seed of every training stage."),
+                  quick: bool = typer.Option(False, help="Tiny versions of every stage (checks the pipeline).")) -> None:
+    """Rebuild every testbed weight from scratch (generator, distillation, classifier, proxy, FID features)."""
+    from bench.testbed.build import build_all, default_out
+
+    build_all(out or default_out(), seed=seed, quick=quick)
 
 
 def main() -> None:

@@ -44,6 +44,10 @@ class Budget:
             raise BenchError(f"bad budget '{text}': must be positive")
         return Budget(kind=kind, amount=amount, text=text.strip())
 
+    def spent(self, counters: dict) -> float:
+        """How much of this budget's unit the counters (ComputeMeter.counters()) have spent."""
+        return float(counters["nfe"]) if self.kind == "nfe" else float(counters["seconds"])
+
     def as_dict(self) -> dict:
         return {"kind": self.kind, "amount": self.amount, "text": self.text}
 
@@ -114,11 +118,8 @@ class ComputeMeter:
     def nfe(self) -> int:
         return self.nfe_forward + 2 * self.nfe_backward
 
-    def spent(self, budget: Budget) -> float:
-        return float(self.nfe) if budget.kind == "nfe" else self.seconds
-
     def fraction(self, budget: Budget) -> float:
-        return self.spent(budget) / budget.amount
+        return budget.spent(self.counters()) / budget.amount
 
     def counters(self) -> dict:
         return {"nfe": self.nfe, "nfe_forward": self.nfe_forward, "nfe_backward": self.nfe_backward,

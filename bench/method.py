@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.models import Policy
 from bench.reward import Reward
@@ -39,11 +40,11 @@ class Method:
     first_order: bool = False  # True: back-propagates through the reward, which must then be differentiable
 
     def __init__(self, name: str, cfg: TrainConfig, policy: Policy, sampler: SamplerConfig, reward: Reward,
-                 prompts: list[str], generator: torch.Generator):
+                 prompts: list[str], generator: torch.Generator, dist: Dist = Dist()):
         if cfg.batch_size < 1:
             raise BenchError(f"{name}: batch_size must be >= 1, got {cfg.batch_size}")
         self.name, self.cfg, self.policy, self.sampler, self.reward = name, cfg, policy, sampler, reward
-        self.prompts, self.generator = list(prompts), generator
+        self.prompts, self.generator, self.dist = list(prompts), generator, dist
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_done = 0
         self.updates_done = 0
@@ -53,20 +54,23 @@ class Method:
 
     # ---- shared pieces -----------------------------------------------------------------------------------
     def draw_prompts(self, n: int) -> list[str]:
-        """n training prompts drawn uniformly with replacement from the method's generator."""
+        """n training prompts drawn uniformly with replacement from the method's generator (the global batch:
+        every process draws the same ones, see bench/distributed.py)."""
         idx = torch.randint(len(self.prompts), (n,), generator=self.generator)
         return [self.prompts[i] for i in idx.tolist()]
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """loss.backward(), refusing a non-finite loss (it would poison the weights silently)."""
+    def backward(self, loss: torch.Tensor, share: float = 1.0) -> None:
+        """(share * loss).backward(), refusing a non-finite loss (it would poison the weights silently).
+        `share`: this process's fraction of the global batch the loss averages over (1 in one process)."""
         if not torch.isfinite(loss):
             raise BenchError(f"{self.name}: non-finite loss ({loss.item()}) at step {self.steps_done + 1}; "
                              f"lower the learning rate or beta (--set {self.name}.lr=...)")
-        loss.backward()
+        (loss * share).backward()
 
     def update(self) -> float:
-        """Clip, step, zero. Returns the pre-clip gradient norm."""
+        """Sum gradients over processes, clip, step, zero. Returns the pre-clip gradient norm."""
         params = self.policy.trainable_parameters()
+        self.dist.sum_grads(params)
         if self.cfg.max_grad_norm > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
         else:

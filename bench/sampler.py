@@ -114,7 +114,7 @@ def _step_mean(policy: Policy, x: torch.Tensor, t: int, cond: torch.Tensor, w: f
 
 def sample(policy: Policy, prompts: list[str], cfg: SamplerConfig, generator: torch.Generator, *,
            grad: bool = False, with_reference: bool = False, detach_reference_state: bool = False,
-           init: torch.Tensor | None = None) -> Trajectory:
+           init: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> Trajectory:
     """Draw one trajectory per prompt.
 
     grad=False: no graph is kept (policy-gradient methods store the trajectory and re-score it later).
@@ -123,13 +123,17 @@ def sample(policy: Policy, prompts: list[str], cfg: SamplerConfig, generator: to
     with_reference: also the reference model's mean at every visited state (ROCM's regulariser); with
     `detach_reference_state` the state fed to the reference carries no gradient.
     init: the initial noise x_{τ_N} (B, C, H, W) to start from (D3PO's pairs share it); drawn if None.
+    rows: data parallelism (bench/distributed.py): `prompts` and `init` are the global batch, all of its noise is
+    drawn (keeping every process's generator in step) and only these rows are sampled.
     """
     sched = make_schedule(policy, cfg)
-    b, dev = len(prompts), policy.device
+    dev, n = policy.device, len(prompts)
+    x = torch.randn((n, *policy.latent_shape), generator=generator) if init is None else init
+    noise = torch.randn((n, max(len(sched.timesteps) - 1, 0), *policy.latent_shape), generator=generator)
+    if rows is not None:
+        prompts, x, noise = [prompts[i] for i in rows.tolist()], x[rows], noise[rows]
+    x, noise, b = x.to(dev), noise.to(dev), len(prompts)
     cond = policy.encode_prompts(prompts)
-    shape = (b, *policy.latent_shape)
-    x = torch.randn(shape, generator=generator).to(dev) if init is None else init.to(dev)
-    noise = torch.randn((b, max(len(sched.timesteps) - 1, 0), *policy.latent_shape), generator=generator).to(dev)
     states, means, ref_means, log_probs = [x], [], [], []
     ones = torch.ones((), device=dev)
     # Arguments are passed, not captured: a checkpointed step is recomputed during backward, after the loop

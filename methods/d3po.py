@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Method, TrainConfig
 from bench.sampler import sample, step_log_prob
@@ -40,51 +41,54 @@ class D3PO(Method):
 
     Config = D3POConfig
 
-    def __init__(self, name, cfg: D3POConfig, policy, sampler, reward, prompts, generator):
-        super().__init__(name, cfg, policy, sampler, reward, prompts, generator)
+    def __init__(self, name, cfg: D3POConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
+        super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
         if cfg.batch_size % 2 or (cfg.batch_size // 2) % cfg.train_batch_size:
             raise BenchError(f"{name}: batch_size ({cfg.batch_size}) must be twice a multiple of train_batch_size "
                              f"({cfg.train_batch_size}): samples come in pairs")
         self.ties = 0
 
     def step(self) -> dict[str, float]:
-        cfg = self.cfg
-        pairs = cfg.batch_size // 2
+        cfg, n = self.cfg, self.cfg.batch_size
+        pairs = n // 2
         prompts = self.draw_prompts(pairs)
         init = torch.randn((pairs, *self.policy.latent_shape), generator=self.generator)  # shared x_{τ_N}
-        # Layout: sample 2i and 2i+1 are the pair of prompt i.
+        # Layout: samples 2i and 2i+1 are the pair of prompt i; a process keeps whole pairs.
+        rows = self.dist.rows(n, group=2)
         traj = sample(self.policy, [p for p in prompts for _ in range(2)], self.sampler, self.generator,
-                      init=init.repeat_interleave(2, dim=0))
+                      init=init.repeat_interleave(2, dim=0), rows=rows)
         with torch.no_grad():
-            reward = self.reward(traj.images, traj.prompts).view(pairs, 2)  # (pairs, 2)
+            reward = self.dist.gather_rows(self.reward(traj.images, traj.prompts), n, group=2).view(pairs, 2)
         keep = reward[:, 0] != reward[:, 1]  # ties carry no preference
         self.ties += int((~keep).sum())
         first_wins = reward[:, 0] > reward[:, 1]
-        pair_idx = torch.arange(pairs)[keep]
-        winners = 2 * pair_idx + (~first_wins[keep]).long()
-        losers = 2 * pair_idx + first_wins[keep].long()
-        logs = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "clipfrac": 0.0}
+        pair_idx = torch.arange(pairs)[keep.cpu()]
+        winners = 2 * pair_idx + (~first_wins[keep]).long().cpu()  # global sample indices
+        losers = 2 * pair_idx + first_wins[keep].long().cpu()
+        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "clipfrac": 0.0}
         n_terms, norms = 0, []
         steps = traj.num_noisy_steps
-        order = torch.randperm(len(pair_idx), generator=self.generator)
+        order = torch.randperm(len(pair_idx), generator=self.generator)  # the same in every process
         for start in range(0, len(pair_idx), cfg.train_batch_size):
             sel = order[start:start + cfg.train_batch_size]
-            win, lose = traj.select(winners[sel]), traj.select(losers[sel])
-            for k in range(steps):
+            local_w = self.dist.local_positions(rows, winners[sel], n)
+            local_l = self.dist.local_positions(rows, losers[sel], n)
+            share = self.dist.share(len(local_w), len(sel))
+            win, lose = traj.select(local_w), traj.select(local_l)
+            for k in range(steps if len(local_w) else 0):
                 with torch.no_grad():
                     ref_w = step_log_prob(self.policy, win, k, self.sampler, reference=True)
                     ref_l = step_log_prob(self.policy, lose, k, self.sampler, reference=True)
                 logp_w = step_log_prob(self.policy, win, k, self.sampler)
                 logp_l = step_log_prob(self.policy, lose, k, self.sampler)
                 loss, info = d3po_loss(logp_w, ref_w, logp_l, ref_l, cfg.beta, cfg.ratio_clip)
-                self.backward(loss / steps)
-                logs["loss"] += loss.item()
-                for key in ("accuracy", "margin", "clipfrac"):
-                    logs[key] += info[key]
+                self.backward(loss / steps, share)
+                for key, value in (("loss", loss.item()), *info.items()):
+                    sums[key] += value
                 n_terms += 1
             if steps:
                 norms.append(self.update())
-        logs = {k: v / max(n_terms, 1) for k, v in logs.items()}
         self.steps_done += 1
+        logs = {k: v / max(n_terms, 1) for k, v in sums.items()}
         return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item(), "pairs": float(len(pair_idx)),
-                "ties_total": float(self.ties), "grad_norm": sum(norms) / max(len(norms), 1), **logs}
+                "ties_total": float(self.ties), **self.dist.mean(logs), "grad_norm": sum(norms) / max(len(norms), 1)}

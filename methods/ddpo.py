@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Method, TrainConfig
 from bench.sampler import sample, step_log_prob
@@ -42,42 +43,42 @@ class DDPO(Method):
 
     Config = DDPOConfig
 
-    def __init__(self, name, cfg: DDPOConfig, policy, sampler, reward, prompts, generator):
-        super().__init__(name, cfg, policy, sampler, reward, prompts, generator)
+    def __init__(self, name, cfg: DDPOConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
+        super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
         if cfg.batch_size % cfg.train_batch_size:
             raise BenchError(f"{name}: batch_size ({cfg.batch_size}) must be a multiple of train_batch_size "
                              f"({cfg.train_batch_size})")
         self.tracker = PerPromptStatTracker(cfg.stat_buffer, cfg.stat_min_count)
 
     def step(self) -> dict[str, float]:
-        cfg = self.cfg
-        prompts = self.draw_prompts(cfg.batch_size)
-        traj = sample(self.policy, prompts, self.sampler, self.generator, grad=False)
+        cfg, n = self.cfg, self.cfg.batch_size
+        prompts = self.draw_prompts(n)
+        rows = self.dist.rows(n)  # this process's trajectories (all of them in one process)
+        traj = sample(self.policy, prompts, self.sampler, self.generator, grad=False, rows=rows)
         with torch.no_grad():
-            reward = self.reward(traj.images, prompts)  # (B,)
-        adv = torch.as_tensor(clip_advantages(self.tracker.update(prompts, reward.cpu().numpy()), cfg.adv_clip_max),
-                              dtype=torch.float32, device=reward.device)  # (B,)
+            reward = self.dist.gather_rows(self.reward(traj.images, traj.prompts), n)  # (B,) global batch
+        adv = clip_advantages(self.tracker.update(prompts, reward.cpu().numpy()), cfg.adv_clip_max)
+        adv = torch.as_tensor(adv, dtype=torch.float32, device=reward.device)[rows.to(reward.device)]  # local
         steps = traj.num_noisy_steps
-        logs: dict[str, float] = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, "grad_norm": 0.0}
-        n_terms = 0
+        sums = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        n_terms, norms = 0, []
         for _ in range(cfg.inner_epochs):
-            order = torch.randperm(cfg.batch_size, generator=self.generator)
-            for start in range(0, cfg.batch_size, cfg.train_batch_size):
-                idx = order[start:start + cfg.train_batch_size]
-                mb = traj.select(idx)
-                for k in range(steps):  # every stochastic step of the stored trajectories
+            order = torch.randperm(n, generator=self.generator)  # the same global order in every process
+            for start in range(0, n, cfg.train_batch_size):
+                mb_global = order[start:start + cfg.train_batch_size]
+                local = self.dist.local_positions(rows, mb_global, n)
+                share = self.dist.share(len(local), len(mb_global))
+                mb = traj.select(local)
+                for k in range(steps if len(local) else 0):  # every stochastic step of the stored trajectories
                     log_prob = step_log_prob(self.policy, mb, k, self.sampler)
-                    loss, info = ppo_clip_loss(log_prob, mb.log_probs[:, k], adv[idx], cfg.clip_range)
-                    self.backward(loss / steps)
-                    logs["loss"] += loss.item()
-                    logs["approx_kl"] += info["approx_kl"]
-                    logs["clipfrac"] += info["clipfrac"]
+                    loss, info = ppo_clip_loss(log_prob, mb.log_probs[:, k], adv[local], cfg.clip_range)
+                    self.backward(loss / steps, share)
+                    for key, value in (("loss", loss.item()), *info.items()):
+                        sums[key] += value
                     n_terms += 1
                 if steps:
-                    logs["grad_norm"] += self.update()
-        n_updates = max(1, cfg.inner_epochs * (cfg.batch_size // cfg.train_batch_size))
-        logs = {k: v / max(n_terms, 1) for k, v in logs.items() if k != "grad_norm"} | \
-               {"grad_norm": logs["grad_norm"] / n_updates}
+                    norms.append(self.update())
         self.steps_done += 1
-        return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if len(reward) > 1 else 0.0,
-                **logs}
+        logs = {k: v / max(n_terms, 1) for k, v in sums.items()}
+        return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if n > 1 else 0.0,
+                **self.dist.mean(logs), "grad_norm": sum(norms) / max(len(norms), 1)}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.distributed import Dist
 from bench.errors import BenchError, unknown_name
 from bench.method import Method, TrainConfig
 from bench.reward import require_differentiable
@@ -44,8 +45,8 @@ class ROCM(Method):
     Config = ROCMConfig
     first_order = True
 
-    def __init__(self, name, cfg: ROCMConfig, policy, sampler, reward, prompts, generator):
-        super().__init__(name, cfg, policy, sampler, reward, prompts, generator)
+    def __init__(self, name, cfg: ROCMConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
+        super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
         require_differentiable(reward, name)
         if cfg.divergence != "none" and cfg.divergence not in DIVERGENCES:
             raise unknown_name("divergence", cfg.divergence, [*DIVERGENCES, "none"])
@@ -57,10 +58,10 @@ class ROCM(Method):
 
     def step(self) -> dict[str, float]:
         cfg = self.cfg
-        prompts = self.draw_prompts(cfg.batch_size)
-        traj = sample(self.policy, prompts, self.sampler, self.generator, grad=True,
-                      with_reference=self.regularised, detach_reference_state=cfg.detach_state)
-        reward = self.reward(traj.images, prompts)  # (B,), differentiable w.r.t. θ through every step
+        rows = self.dist.rows(cfg.batch_size)  # this process's share of the global batch (all of it in one process)
+        traj = sample(self.policy, self.draw_prompts(cfg.batch_size), self.sampler, self.generator, grad=True,
+                      with_reference=self.regularised, detach_reference_state=cfg.detach_state, rows=rows)
+        reward = self.reward(traj.images, traj.prompts)  # (B,), differentiable w.r.t. θ through every step
         divergence = torch.zeros_like(reward)  # (B,) Σ_k w_k D_f at the visited states
         if self.regularised:
             weights = step_weights(traj.schedule.alpha_bar_prev, cfg.step_weighting).to(reward)  # (N-1,)
@@ -69,8 +70,9 @@ class ROCM(Method):
                                         traj.schedule.sigmas[k].item(), per_dim=cfg.per_dim)
                 divergence = divergence + weights[k] * d
         loss = -(reward - cfg.beta * divergence).mean()
-        self.backward(loss)
+        self.backward(loss, self.dist.share(len(rows), cfg.batch_size))
         grad_norm = self.update()
         self.steps_done += 1
-        return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if len(reward) > 1 else 0.0,
-                "divergence": divergence.mean().item(), "loss": loss.item(), "grad_norm": grad_norm}
+        logs = self.dist.mean({"reward_mean": reward.mean().item(), "divergence": divergence.mean().item(),
+                               "loss": loss.item()})
+        return logs | {"grad_norm": grad_norm}

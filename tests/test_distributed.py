@@ -1,0 +1,33 @@
+"""Data parallelism: `accelerate launch` with 2 CPU processes (gloo) gives the same training as 1 process
+with the same global batch — the same compute charged, the same weights within float tolerance, one writer."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+ARGS = ["run", "--methods", "rocm-kl,ddpo,d3po", "--rewards", "brightness", "--budget", "200nfe", "--no-progress",
+        "--set", "eval.points=1", "--set", "eval.max_prompts=2", "--set", "method.batch_size=8",
+        "--set", "ddpo.train_batch_size=4", "--set", "d3po.train_batch_size=2"]
+
+
+def test_two_processes_match_one(tmp_path):
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "bench", *ARGS, "--out", str(one)], check=True, env=env, timeout=600)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench"]
+    p = subprocess.run([*launch, *ARGS, "--out", str(two)], env=env, timeout=600, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("runs in") == 1  # one process reports
+    for run in (one / "runs").iterdir():
+        a, b = (json.loads((d / run.name / "summary.json").read_text()) for d in (one / "runs", two / "runs"))
+        assert b["processes"] == 2 and a["processes"] == 1
+        assert (a["nfe"], a["steps"], a["images"]) == (b["nfe"], b["steps"], b["images"])  # counted across processes
+        wa, wb = (load_file(str(d / run.name / "adapter.safetensors")) for d in (one / "runs", two / "runs"))
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+        assert any("lora_B" in k and wa[k].abs().max() > 0 for k in wa)  # it trained (LoRA B starts at zero)
