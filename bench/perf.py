@@ -1,0 +1,389 @@
+"""`bench perf`: what a training step costs beyond the model compute it contains, and its peak memory.
+
+Per method, one warm-up step runs with hooks recording every model call: each UNet forward (input shapes, grad
+mode, policy or frozen reference, whether its input needed a gradient, whether a backward reached its output,
+whether it was a checkpoint recompute inside backward), each VAE decode and each reward call. Then `repeats`
+timed steps alternate with timed replays of that list in the same process, threads, dtype and LoRA-wrapped UNet:
+
+  bare compute = the recorded UNet forwards at the same shapes and grad modes (reference calls with adapters
+                 disabled), each followed by `out.sum().backward()` where the step back-propagated through it,
+               + the VAE decode and reward calls, forward and backward likewise; no checkpointing at all.
+
+Not in it, so counted as overhead: checkpoint recomputes, the text encoder (embeddings are cached), the
+consistency and log-prob arithmetic, adapter switching, losses, clipping, the optimizer. ratio = median step
+time / median bare time (`ratio_unet`: over the UNet work alone). Every timed step must do the recorded step's
+work by the meter's counts (`same_work_every_step`).
+
+Peak memory: one fresh process per configuration (forked from a server that has only imported modules), so peaks
+cannot contaminate each other: build, one warm-up step, one measured step. `step_peak_mib` = the step's peak
+above its own start (activations and temporaries, what grows with sampling steps; the memory ratio uses it);
+`peak_mib` = the process's absolute peak. CUDA: torch.cuda.max_memory_allocated. CPU: the resident-set high-water
+mark (VmHWM, reset before the step, less library pages faulted in meanwhile), with glibc's mmap threshold pinned
+at 64 KiB so that freed tensors leave the resident set instead of being silently reused. ROCM's sweep: one step
+at each of `memory_steps` sampling steps, with and without checkpointing. Targets are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bench.compute import Budget, ComputeMeter, _sync
+from bench.config import SuiteConfig, apply_sets, family, method_config, to_dict, validate
+from bench.errors import BenchError
+from bench.models import ModelConfig
+from bench.registry import METHODS, model_builder, reward_class
+
+REWARD = "brightness"  # differentiable and nearly free, so every method can train on it
+TARGETS = {"ddpo": 1.03, "d3po": 1.03, "rocm": 1.40}  # step time / bare compute, by method family
+MEMORY_TARGET = 1.25  # ROCM with checkpointing: step peak at 8 sampling steps / at 1
+BARE = ("UNet forwards (+ backward where the step back-propagated through them), VAE decode and reward calls, "
+        "replayed at the recorded shapes and grad modes without any checkpointing; checkpoint recomputes, text "
+        "encoder, adapter switching, losses and optimizer are overhead")
+
+
+@dataclass
+class Call:
+    """One model call of a training step, as the replay needs it."""
+
+    kind: str  # "unet", "decode" or "reward"
+    shapes: list[tuple[int, ...]]  # unet: sample, encoder_hidden_states[, timestep_cond]; else the input
+    grad: bool  # grad mode was on
+    input_grad: bool  # the (first) input required a gradient
+    reference: bool = False  # run by the frozen reference
+    recompute: bool = False  # a checkpoint recomputation inside backward: overhead, not replayed
+    backward: bool = False  # a backward reached the output
+    extra: Any = None  # unet: (module, timestep); reward: the prompts
+
+
+def make_suite(model: str, methods: list[str], sets: list[str], device: str) -> SuiteConfig:
+    suite = SuiteConfig(methods=methods, rewards=[REWARD], seeds=[0], budget=Budget.parse("1nfe"),
+                        model=ModelConfig(name=model), device=device)
+    apply_sets(suite, sets)
+    validate(suite)
+    return suite
+
+
+def build(suite: SuiteConfig, name: str):
+    """(method, policy, reward) exactly as the runner builds them, seed 0."""
+    from bench.runner import resolve_device, split_prompts
+
+    device = resolve_device(suite.device)
+    cls, cfg = method_config(name, suite)
+    torch.manual_seed(0)
+    policy = model_builder(suite.model.name)(suite.model, ComputeMeter()).to(device)
+    reward = reward_class(REWARD)(device, policy.meter)
+    prompts = split_prompts(suite)["train"]
+    algo = cls(name, cfg, policy, suite.sampler, reward, prompts, torch.Generator().manual_seed(0))
+    return algo, policy, reward
+
+
+def _watch(out: torch.Tensor, call: Call) -> None:
+    if out.requires_grad and not call.recompute:
+        out.register_hook(lambda g: (setattr(call, "backward", True), g)[1])
+
+
+@contextmanager
+def record(policy, reward):
+    """Yields the list of `Call`s made inside the context."""
+    calls: list[Call] = []
+
+    def on_unet(module, args, kwargs, out):
+        x = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        ins = [i for i in (x, kwargs["encoder_hidden_states"], kwargs.get("timestep_cond")) if i is not None]
+        calls.append(Call("unet", [tuple(i.shape) for i in ins], torch.is_grad_enabled(), x.requires_grad,
+                          policy._in_reference, torch._C._current_graph_task_id() != -1,  # inside backward
+                          extra=(module, int(t.flatten()[0]))))
+        _watch(out.sample, calls[-1])
+
+    def wrap(kind: str, fn: Callable) -> Callable:
+        def inner(x, *rest):
+            out = fn(x, *rest)
+            calls.append(Call(kind, [tuple(x.shape)], torch.is_grad_enabled(), x.requires_grad,
+                              extra=list(rest[0]) if rest else None))
+            _watch(out, calls[-1])
+            return out
+        return inner
+
+    handles = [m.register_forward_hook(on_unet, with_kwargs=True) for m in (policy.unet, policy._reference_unet)
+               if m is not None]
+    policy.decode, reward.score = wrap("decode", policy.decode), wrap("reward", reward.score)
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+        del policy.decode, reward.score
+
+
+def make_replay(policy, reward, calls: list[Call]) -> Callable[[], None]:
+    """A function redoing `calls` (recomputes excluded) on fresh inputs of the same shapes."""
+    dev, params = policy.device, policy.trainable_parameters()
+    todo = sorted((c for c in calls if not c.recompute), key=lambda c: c.reference)  # one switch to the reference
+    inputs = [[(torch.rand if c.kind == "reward" else torch.randn)(s, device=dev) for s in c.shapes] for c in todo]
+
+    def run(c: Call, ins: list[torch.Tensor]) -> None:
+        x = ins[0].detach().requires_grad_(c.input_grad)
+        with torch.set_grad_enabled(c.grad), policy._autocast():
+            if c.kind == "unet":
+                (module, t), tc = c.extra, ins[2] if len(ins) > 2 else None
+                ts = torch.full((x.shape[0],), t, device=dev, dtype=torch.long)
+                out = module(x, ts, encoder_hidden_states=ins[1], timestep_cond=tc).sample
+            else:
+                out = policy.decode(x) if c.kind == "decode" else reward.score(x, c.extra)
+        if c.backward:
+            out.float().sum().backward()
+
+    def replay() -> None:
+        with ExitStack() as stack:
+            for c, ins in zip(todo, inputs):
+                if c.reference and not policy._in_reference:
+                    stack.enter_context(policy.reference())
+                run(c, ins)
+        for p in params:
+            p.grad = None
+
+    return replay
+
+
+@contextmanager
+def no_unet_checkpointing(policy):
+    """Bare compute has no recomputation: UNet-internal gradient checkpointing (real models) is off inside."""
+    on = [m for m in (policy.unet, policy._reference_unet) if getattr(m, "is_gradient_checkpointing", False)]
+    for m in on:
+        m.disable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        for m in on:
+            m.enable_gradient_checkpointing()
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
+def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
+    algo, policy, reward = build(suite, name)
+    meter, keys = policy.meter, ("nfe_forward", "nfe_backward", "images", "reward_calls")
+
+    def step() -> tuple[float, dict]:
+        before = meter.counters()
+        secs = timed(algo.step)
+        return secs, {k: meter.counters()[k] - before[k] for k in keys}
+
+    with record(policy, reward) as calls:
+        _, counts = step()
+    unet = [c for c in calls if c.kind == "unet"]
+    replays = [make_replay(policy, reward, unet), make_replay(policy, reward, [c for c in calls if c.kind != "unet"])]
+    with no_unet_checkpointing(policy):
+        for r in replays:
+            r()  # warm-up
+    steps, bare_unet, bare_rest, same = [], [], [], True
+    for _ in range(max(1, repeats)):  # interleaved, so background load hits both alike
+        secs, c = step()
+        steps.append(secs)
+        same = same and c == counts
+        with no_unet_checkpointing(policy):
+            bare_unet.append(timed(replays[0]))
+            bare_rest.append(timed(replays[1]))
+    bare = [u + r for u, r in zip(bare_unet, bare_rest)]
+    step_s, bare_s, unet_s = (statistics.median(v) for v in (steps, bare, bare_unet))
+    target = TARGETS.get(family(METHODS[name][0]))
+    n = lambda cs: sum(c.shapes[0][0] for c in cs)  # noqa: E731  (samples: what the meter counts)
+    fwd = [c for c in unet if not c.recompute]
+    return {"step_s": step_s, "bare_s": bare_s, "bare_unet_s": unet_s,
+            "bare_decode_reward_s": statistics.median(bare_rest),
+            "ratio": step_s / bare_s, "ratio_unet": step_s / unet_s, "target": target,
+            "met": None if target is None else step_s / bare_s <= target, "samples_per_s": counts["images"] / step_s,
+            "step_times_s": steps, "bare_times_s": bare, "meter_per_step": counts, "same_work_every_step": same,
+            "meter_agrees": counts["nfe_forward"] == n(unet)
+            and counts["nfe_backward"] == n(c for c in fwd if c.backward),
+            "calls": {"unet_forward": len(fwd), "unet_recompute": len(unet) - len(fwd),
+                      "unet_backward": sum(c.backward for c in fwd), "reference_forward": sum(c.reference for c in fwd),
+                      "decode": sum(c.kind == "decode" for c in calls),
+                      "reward": sum(c.kind == "reward" for c in calls)}}
+
+
+# ---- peak memory: one fresh process per configuration -----------------------------------------------------
+# What the forkserver imports once, so that each child starts clean but fast (a missing one the child imports).
+PRELOAD = ["bench.perf", "bench.runner", "methods.rocm", "methods.ddpo", "methods.d3po", "rewards.toy",
+           "diffusers.models.unets.unet_2d_condition", "diffusers.models.autoencoders.autoencoder_kl",
+           "diffusers.schedulers.scheduling_lcm", "transformers.models.clip.modeling_clip", "peft"]
+
+
+def _status() -> dict[str, float]:
+    """/proc/self/status sizes in MiB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            out[key] = float(rest.split()[0]) / 1024
+    return out
+
+
+def memory_child(job: tuple[str, str, list[str], str]) -> dict[str, float]:
+    """In a fresh process: build, one warm-up step, one measured step -> {"step_peak_mib", "peak_mib"}."""
+    model, method, sets, device = job
+    try:  # glibc: mmap every allocation >= 64 KiB, so freed tensors leave the resident set
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+    algo, policy, _ = build(make_suite(model, [method], sets, device), method)
+    algo.step()  # optimizer state, caches, lazy initialisation
+    gc.collect()
+    if policy.device.type == "cuda":
+        _sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+        algo.step()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        return {"step_peak_mib": peak - base, "peak_mib": peak}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:  # not Linux: no resident-set high-water mark to read
+        return {"step_peak_mib": float("nan"), "peak_mib": float("nan")}
+    before = _status()
+    algo.step()
+    after = _status()
+    files = max(0.0, after.get("RssFile", 0.0) - before.get("RssFile", 0.0))  # code pages, not training memory
+    return {"step_peak_mib": after["VmHWM"] - before["VmRSS"] - files, "peak_mib": after["VmHWM"]}
+
+
+def measure_memory(model: str, methods: list[str], sets: list[str], device: str, steps: list[int],
+                   rocm: str) -> tuple[list[dict], list[dict]]:
+    """(peak of each method's step, ROCM's sweep rows). Identical resolved configurations are measured once;
+    on a CPU the children run in parallel (peaks are per process)."""
+    sweep = [{"steps": n, "checkpointing": ck} for n in steps for ck in (True, False)]
+    jobs = [(model, m, sets, device) for m in methods] + [
+        (model, rocm, [*sets, f"sampler.steps={r['steps']}", f"sampler.checkpointing={r['checkpointing']}"], device)
+        for r in sweep]
+    keys = []
+    for _, m, s, _ in jobs:
+        suite = make_suite(model, [m], s, device)
+        keys.append(json.dumps([m, to_dict(method_config(m, suite)[1]), to_dict(suite.sampler), to_dict(suite.model)]))
+    unique = list(dict.fromkeys(keys))
+    forkserver = "forkserver" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if forkserver else "spawn")
+    if forkserver:
+        ctx.set_forkserver_preload(PRELOAD)
+
+    def one(job: tuple) -> dict:  # a one-process pool per job: a fresh process, and a dead one is reported
+        try:
+            with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+                return ex.submit(memory_child, job).result()
+        except BrokenProcessPool:
+            raise BenchError(f"the peak-memory process of {job[1]} {job[2]} died (out of memory?)") from None
+
+    workers = 1 if device.startswith("cuda") else min(len(unique), os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        found = dict(zip(unique, pool.map(one, [jobs[keys.index(k)] for k in unique])))
+    return [found[k] for k in keys[: len(methods)]], [{**r, **found[k]} for r, k in zip(sweep, keys[len(methods):])]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b if b > 0 else float("inf")
+
+
+# ---- the command ------------------------------------------------------------------------------------------
+def run_perf(model: str, methods: list[str], repeats: int, sets: list[str], out: Path, memory_steps: list[int],
+             device: str = "auto") -> dict:
+    """Time, replay and measure every method; print the tables; write JSON to `out`. Returns what it wrote."""
+    import diffusers
+    import peft
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.results import write_json_atomic
+    from bench.runner import resolve_device
+
+    if not methods:
+        raise BenchError("no methods given: e.g. --methods rocm-kl,ddpo,d3po")
+    if any(n < 1 for n in memory_steps):
+        raise BenchError(f"--memory-steps must be positive integers, got {memory_steps}")
+    dev = resolve_device(device)
+    suite = make_suite(model, methods, sets, str(dev))
+    rocm = next((m for m in methods if family(METHODS[m][0]) == "rocm"), "rocm-kl")
+    if memory_steps:
+        make_suite(model, [rocm], sets, str(dev))  # a bad combination fails before anything is timed
+    console = Console(width=max(Console().width, 120))
+    rows = {}
+    for name in methods:
+        console.print(f"timing {name} ...")
+        rows[name] = time_method(suite, name, repeats)
+    console.print("peak memory (one subprocess per configuration) ...")
+    peaks, sweep = measure_memory(model, methods, sets, str(dev), sorted(set(memory_steps)), rocm)
+    for name, peak in zip(methods, peaks):
+        rows[name].update(peak)
+    on = {r["steps"]: r["step_peak_mib"] for r in sweep if r["checkpointing"]}
+    off = {r["steps"]: r["step_peak_mib"] for r in sweep if not r["checkpointing"]}
+    mem_ratio = _ratio(on.get(8), on.get(1))
+    for r in sweep:
+        r["ratio_to_min_steps"] = _ratio(r["step_peak_mib"], (on if r["checkpointing"] else off)[min(on)])
+
+    table = Table(title=f"bench perf: {model} on {dev}, {torch.get_num_threads()} threads, median of {repeats} steps")
+    for col in ("method", "step s", "bare s", "ratio", "target", "unet-only ratio", "samples/s", "step peak MiB",
+                "abs peak MiB"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for name, r in rows.items():
+        tgt = "-" if r["target"] is None else f"{r['target']:.2f}x " + ("met" if r["met"] else "MISSED")
+        table.add_row(name, f"{r['step_s']:.4f}", f"{r['bare_s']:.4f}", f"{r['ratio']:.3f}x", tgt,
+                      f"{r['ratio_unet']:.3f}x", f"{r['samples_per_s']:.2f}", f"{r['step_peak_mib']:.1f}",
+                      f"{r['peak_mib']:.0f}")
+    console.print(table)
+    if sweep:
+        lo = min(on)
+        mt = Table(title=f"{rocm}: peak memory of one step above its start (MiB) vs sampling steps")
+        for col in ("steps", "checkpointing", f"/ {lo} step", "no checkpointing", f"/ {lo} step "):
+            mt.add_column(col, justify="right")
+        for n in sorted(on):
+            mt.add_row(str(n), f"{on[n]:.1f}", f"{_ratio(on[n], on[lo]):.2f}x", f"{off[n]:.1f}",
+                       f"{_ratio(off[n], off[lo]):.2f}x")
+        console.print(mt)
+    verdicts = [(f"{n}: {r['ratio']:.3f}x the bare compute, target <= {r['target']:.2f}x", r["met"])
+                for n, r in rows.items() if r["target"] is not None]
+    if mem_ratio is not None:
+        verdicts.append((f"{rocm} peak memory, 8 steps / 1 step (checkpointing): {mem_ratio:.2f}x, target <= "
+                         f"{MEMORY_TARGET:.2f}x", mem_ratio <= MEMORY_TARGET))
+    for text, ok in verdicts:
+        console.print(f"[green]met[/green]    {text}" if ok else f"[red]MISSED[/red] {text}", highlight=False)
+    if not all(r["same_work_every_step"] for r in rows.values()):
+        console.print("[yellow]note: some timed steps did different model work than the recorded one (see JSON)")
+
+    result = {
+        "config": {"model": to_dict(suite.model), "sampler": to_dict(suite.sampler), "reward": REWARD,
+                   "methods": {m: to_dict(method_config(m, suite)[1]) for m in methods}, "sets": list(sets),
+                   "repeats": repeats, "threads": torch.get_num_threads(), "device": str(dev),
+                   "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+                   f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                "diffusers": diffusers.__version__, "peft": peft.__version__}},
+        "bare_compute": BARE,
+        "memory_measure": ("torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process VmHWM") +
+                          "; step_peak_mib = peak during one step minus the memory at its start",
+        "methods": rows,
+        "memory_sweep": {"method": rocm, "rows": sweep, "ratio_8_to_1": mem_ratio, "target": MEMORY_TARGET,
+                         "met": None if mem_ratio is None else mem_ratio <= MEMORY_TARGET},
+    }
+    write_json_atomic(Path(out), result)
+    console.print(f"wrote {out}")
+    return result

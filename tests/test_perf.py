@@ -1,0 +1,44 @@
+"""`bench perf` smoke test: it runs end to end on the tiny model and writes sane JSON. It is a benchmark, so
+nothing here asserts a timing or a target."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bench.perf import run_perf
+
+METHODS = ["rocm-kl", "ddpo", "d3po"]
+SMALL = ["method.batch_size=4", "ddpo.train_batch_size=2", "d3po.train_batch_size=1", "sampler.steps=2"]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_perf_writes_finite_positive_numbers(tmp_path):
+    out = tmp_path / "perf.json"
+    returned = run_perf(model="tiny", methods=METHODS, repeats=1, sets=SMALL, out=out, memory_steps=[1, 2],
+                        device="cpu")
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(returned))
+    assert set(data) >= {"config", "bare_compute", "memory_measure", "methods", "memory_sweep"}
+    assert data["config"]["sampler"]["steps"] == 2 and data["config"]["model"]["name"] == "tiny"
+    assert set(data["config"]["methods"]) == set(METHODS) and data["config"]["threads"] >= 1
+    assert set(data["methods"]) == set(METHODS)
+    for name, row in data["methods"].items():
+        for key in ("step_s", "bare_s", "bare_unet_s", "ratio", "ratio_unet", "samples_per_s", "peak_mib", "target"):
+            assert _positive(row[key]), (name, key, row[key])
+        assert math.isfinite(row["step_peak_mib"]) and row["step_peak_mib"] >= 0
+        assert isinstance(row["met"], bool)
+        assert row["meter_agrees"] and row["same_work_every_step"], name
+        assert row["calls"]["unet_forward"] > 0 and row["calls"]["unet_backward"] > 0
+    assert data["methods"]["rocm-kl"]["calls"]["unet_recompute"] > 0  # checkpointing is on by default
+    assert data["methods"]["ddpo"]["calls"]["unet_recompute"] == 0
+    assert data["methods"]["d3po"]["calls"]["reference_forward"] > 0
+    sweep = data["memory_sweep"]
+    assert sweep["method"] == "rocm-kl" and sweep["ratio_8_to_1"] is None and sweep["met"] is None
+    assert sorted((r["steps"], r["checkpointing"]) for r in sweep["rows"]) == [(1, False), (1, True), (2, False),
+                                                                                (2, True)]
+    for r in sweep["rows"]:
+        assert _positive(r["peak_mib"]) and math.isfinite(r["step_peak_mib"]) and r["step_peak_mib"] >= 0
