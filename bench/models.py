@@ -75,6 +75,9 @@ class Policy(nn.Module):
 
             self.unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
                                              init_lora_weights="gaussian", target_modules=list(config.lora_targets)))
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._lora_layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
         else:  # full fine-tuning: the reference is a frozen copy
             self._reference_unet = copy.deepcopy(self.unet).eval()
             self.unet.requires_grad_(True)
@@ -144,14 +147,19 @@ class Policy(nn.Module):
             yield
             return
         self._in_reference = True
-        if self._reference_unet is None:
-            self.unet.disable_adapters()
+        # Flip the LoRA layers' switch directly. diffusers' disable_adapters() walks every module and peft also
+        # toggles requires_grad on the adapters (~3 ms a switch, and a flag change inside checkpoint recomputes).
+        self._set_adapters(False)
         try:
             yield
         finally:
-            if self._reference_unet is None:
-                self.unet.enable_adapters()
+            self._set_adapters(True)
             self._in_reference = False
+
+    def _set_adapters(self, enabled: bool) -> None:
+        if self._reference_unet is None:
+            for layer in self._lora_layers:
+                layer._disable_adapters = not enabled
 
     # ---- training state ----------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

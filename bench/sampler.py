@@ -137,22 +137,24 @@ def sample(policy: Policy, prompts: list[str], cfg: SamplerConfig, generator: to
     states, means, ref_means, log_probs = [x], [], [], []
     ones = torch.ones((), device=dev)
     # Arguments are passed, not captured: a checkpointed step is recomputed during backward, after the loop
-    # variables have moved on.
+    # variables have moved on. The final step is never checkpointed: backward starts there at once, so
+    # recomputing it would only cost time (its activations are one step's, the same for any N).
+    direct = lambda fn, *a: fn(*a)  # noqa: E731
     if grad and cfg.checkpointing:
-        run = lambda fn, *a: checkpoint(fn, *a, use_reentrant=False)  # noqa: E731
+        ckpt = lambda fn, *a: checkpoint(fn, *a, use_reentrant=False)  # noqa: E731
     else:
-        run = lambda fn, *a: fn(*a)  # noqa: E731
+        ckpt = direct
     with torch.set_grad_enabled(grad):
         for k, t in enumerate(sched.timesteps):
             last = k == len(sched.timesteps) - 1
             a_prev = ones if last else sched.alpha_bar_prev[k].to(dev)
-            mean = run(_step_mean, policy, x, t, cond, cfg.guidance_scale, a_prev, False)
+            mean = (direct if last else ckpt)(_step_mean, policy, x, t, cond, cfg.guidance_scale, a_prev, False)
             if last:
                 x0 = mean
                 break
             if with_reference:
                 x_ref = x.detach() if detach_reference_state else x
-                ref_means.append(run(_step_mean, policy, x_ref, t, cond, cfg.guidance_scale, a_prev, True))
+                ref_means.append(ckpt(_step_mean, policy, x_ref, t, cond, cfg.guidance_scale, a_prev, True))
             sigma = sched.sigmas[k].to(dev)
             x = mean + sigma * noise[:, k]
             means.append(mean)
