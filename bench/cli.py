@@ -151,13 +151,15 @@ app.add_typer(testbed_app, name="testbed")
 
 
 @testbed_app.command("build")
-def testbed_build(out: Path = typer.Option(None, help="Weights folder (default: the package's shipped folder)."),
+def testbed_build(out: Path = typer.Option(None, help="Weights folder (default: the package's shipped weights)."),
                   seed: int = typer.Option(0, help="Seed of every training stage."),
-                  quick: bool = typer.Option(False, help="Tiny versions of every stage (checks the pipeline).")) -> None:
+                  quick: bool = typer.Option(False, help="Tiny versions of every stage (checks the pipeline)."),
+                  threads: int = typer.Option(1, help="Torch CPU threads.")) -> None:
     """Rebuild every testbed weight from scratch (generator, distillation, classifier, proxy, FID features)."""
-    from bench.testbed.build import build_all, default_out
+    from bench.testbed.build import main as build_main
 
-    build_all(out or default_out(), seed=seed, quick=quick)
+    build_main([*(["--out", str(out)] if out else []), "--seed", str(seed), "--threads", str(threads),
+                *(["--quick"] if quick else [])])
 
 
 def main() -> None:

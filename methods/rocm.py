@@ -27,7 +27,7 @@ from methods.divergences import DIVERGENCES, gaussian_divergence, step_weights
 class ROCMConfig(TrainConfig):
     divergence: str = "kl"
     """f-divergence between per-step policies: kl, js, hellinger, tv, chi2, or none (β must be 0)."""
-    beta: float = 0.01
+    beta: float = 1.0
     """Regularisation weight β (scales differ per divergence: always read it next to the divergence)."""
     per_dim: bool = False
     """False: δ over the whole latent vector; True: per-dimension δ_i, divergence averaged over dimensions

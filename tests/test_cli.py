@@ -19,6 +19,7 @@ from bench.runner import run_suite
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 SMALL = ["--set", "eval.points=2", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
+         "--set", "ddpo.train_batch_size=4", "--set", "d3po.train_batch_size=2",
          "--set", "method.batch_size=4", "--no-progress"]
 ALL_METHODS = "rocm-kl,rocm-js,rocm-hellinger,rocm-tv,rocm-chi2,rocm-none,ddpo,d3po"
 
@@ -62,7 +63,8 @@ def test_every_method_runs_and_the_report_renders(tmp_path):
 
 def small_suite(methods, budget="150nfe"):
     s = SuiteConfig(methods=methods, rewards=["brightness"], seeds=[3], budget=Budget.parse(budget))
-    apply_sets(s, ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "method.batch_size=4"])
+    apply_sets(s, ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "method.batch_size=4",
+                   "ddpo.train_batch_size=4", "d3po.train_batch_size=2"])
     return s
 
 
