@@ -19,10 +19,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="A benchmark suite for RLHF on latent consistency models: ROCM, DDPO and D3PO under one "
                        "sampler, one reward interface and matched compute budgets.")
 
-DEFAULT_MODEL = "tiny"
-DEFAULT_METHODS = "rocm-kl,rocm-js,rocm-none,ddpo,d3po"
-DEFAULT_REWARDS = "brightness"
-DEFAULT_BUDGET = "2000nfe"
+# `bench run` with no arguments: the built-in offline testbed, a regularised ROCM with an unbounded and a
+# bounded divergence, unregularised ROCM (the reward-hacking ablation), DDPO and D3PO, on the learned
+# preference proxy; about 8 minutes on 2 CPU cores.
+DEFAULT_MODEL = "testbed"
+DEFAULT_METHODS = "rocm-kl,rocm-hellinger,rocm-none,ddpo,d3po"
+DEFAULT_BUDGET = "15000nfe"
 
 
 def _split(text: str) -> list[str]:
@@ -68,7 +70,8 @@ def ls() -> None:
 @app.command()
 def run(
     methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names (`bench ls`)."),
-    rewards: str = typer.Option(DEFAULT_REWARDS, help="Comma-separated training rewards; one run per reward."),
+    rewards: str = typer.Option("", help="Comma-separated training rewards, one run per reward (default: the "
+                                         "model's own, e.g. testbed-pref on the testbed, pickscore on real models)."),
     model: str = typer.Option(DEFAULT_MODEL, help="Base model (`bench ls`)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; one run per seed."),
     budget: str = typer.Option(DEFAULT_BUDGET, help="Training compute per run: 2000nfe (denoiser evaluations "
@@ -85,6 +88,10 @@ def run(
     from bench.models import ModelConfig
     from bench.runner import run_suite
 
+    from bench.registry import MODEL_DEFAULTS, model_builder
+
+    model_builder(model)  # an unknown model is reported before anything else
+    rewards = rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")
     suite = SuiteConfig(methods=_split(methods), rewards=_split(rewards), seeds=_seeds(seeds),
                         budget=Budget.parse(budget), model=ModelConfig(name=model), device=device)
     apply_sets(suite, set_)

@@ -67,6 +67,26 @@ class Method:
                              f"lower the learning rate or beta (--set {self.name}.lr=...)")
         (loss * share).backward()
 
+    def minibatch_update(self, steps: int, share: float, step_loss, sums: dict[str, float]) -> float:
+        """One optimizer update from a minibatch of stored trajectories, accumulating the gradient of
+        `step_loss(k) -> (loss, info)` over every stochastic step k (as DDPO and D3PO do). `share`: this
+        process's fraction of the minibatch (0: it holds none of it, but still joins the gradient sum).
+        Adds the losses and infos into `sums` (with a count under "terms"); returns the gradient norm."""
+        for k in range(steps if share > 0 else 0):
+            loss, info = step_loss(k)
+            self.backward(loss / steps, share)
+            for key, value in (("loss", loss.item()), *info.items()):
+                sums[key] = sums.get(key, 0.0) + value
+            sums["terms"] = sums.get("terms", 0.0) + 1
+        return self.update()
+
+    def mean_logs(self, sums: dict[str, float], norms: list[float]) -> dict[str, float]:
+        """Per-term means of what minibatch_update summed (over every process), and the mean gradient norm.
+        `sums` must hold the same keys in every process: start it from the loss's info keys set to 0."""
+        totals = self.dist.sum({"terms": 0.0, **sums})
+        terms = max(totals.pop("terms"), 1)
+        return {k: v / terms for k, v in totals.items()} | {"grad_norm": sum(norms) / max(len(norms), 1)}
+
     def update(self) -> float:
         """Sum gradients over processes, clip, step, zero. Returns the pre-clip gradient norm."""
         params = self.policy.trainable_parameters()

@@ -21,14 +21,14 @@ MODELS: dict[str, str] = {
     "lcm-lora-sd15": "bench.hub:lcm_lora_sd15",
 }
 
-# Per-model defaults: prompt set, evaluation metrics (every one is computed at every evaluation point).
+# Per-model defaults: training reward, prompt set, evaluation metrics (all computed at every evaluation point).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": {"prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
-    "tiny-vae": {"prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
-    "testbed": {"prompts": "testbed",
+    "tiny": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
+    "tiny-vae": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"]},
+    "testbed": {"reward": "testbed-pref", "prompts": "testbed",
                 "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"]},
-    "lcm-dreamshaper-v7": {"prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"]},
-    "lcm-lora-sd15": {"prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"]},
+    "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"]},
+    "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"]},
 }
 
 # β defaults: KL's was chosen on the testbed (β = 1 keeps gold reward and FID at the base model's while the

@@ -70,30 +70,24 @@ class D3PO(Method):
         pair_idx = torch.arange(pairs)[keep.cpu()]
         winners = 2 * pair_idx + (~first_wins[keep]).long().cpu()  # global sample indices
         losers = 2 * pair_idx + first_wins[keep].long().cpu()
-        sums = {"loss": 0.0, "accuracy": 0.0, "margin": 0.0, "clipfrac": 0.0}
-        n_terms, norms = 0, []
-        steps = traj.num_noisy_steps
+        steps, norms = traj.num_noisy_steps, []
+        sums = dict.fromkeys(("loss", "accuracy", "margin", "clipfrac", "terms"), 0.0)  # same keys in every process
         order = torch.randperm(len(pair_idx), generator=self.generator)  # the same in every process
         for start in range(0, len(pair_idx), cfg.train_batch_size):
             sel = order[start:start + cfg.train_batch_size]
             local_w = self.dist.local_positions(rows, winners[sel], n)
-            local_l = self.dist.local_positions(rows, losers[sel], n)
-            share = self.dist.share(len(local_w), len(sel))
-            win, lose = traj.select(local_w), traj.select(local_l)
-            for k in range(steps if len(local_w) else 0):
+            win, lose = traj.select(local_w), traj.select(self.dist.local_positions(rows, losers[sel], n))
+
+            def step_loss(k, win=win, lose=lose):
                 with torch.no_grad():
                     ref_w = step_log_prob(self.policy, win, k, self.sampler, reference=True)
                     ref_l = step_log_prob(self.policy, lose, k, self.sampler, reference=True)
                 logp_w = step_log_prob(self.policy, win, k, self.sampler)
                 logp_l = step_log_prob(self.policy, lose, k, self.sampler)
-                loss, info = d3po_loss(logp_w, ref_w, logp_l, ref_l, cfg.beta, cfg.ratio_clip)
-                self.backward(loss / steps, share)
-                for key, value in (("loss", loss.item()), *info.items()):
-                    sums[key] += value
-                n_terms += 1
+                return d3po_loss(logp_w, ref_w, logp_l, ref_l, cfg.beta, cfg.ratio_clip)
+
             if steps:
-                norms.append(self.update())
+                norms.append(self.minibatch_update(steps, self.dist.share(len(local_w), len(sel)), step_loss, sums))
         self.steps_done += 1
-        logs = {k: v / max(n_terms, 1) for k, v in sums.items()}
         return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item(), "pairs": float(len(pair_idx)),
-                "ties_total": float(self.ties), **self.dist.mean(logs), "grad_norm": sum(norms) / max(len(norms), 1)}
+                "ties_total": float(self.ties), **self.mean_logs(sums, norms)}

@@ -64,26 +64,22 @@ class DDPO(Method):
             reward = self.dist.gather_rows(self.reward(traj.images, traj.prompts), n)  # (B,) global batch
         adv = clip_advantages(self.tracker.update(prompts, reward.cpu().numpy()), cfg.adv_clip_max)
         adv = torch.as_tensor(adv, dtype=torch.float32, device=reward.device)[rows.to(reward.device)]  # local
-        steps = traj.num_noisy_steps
-        sums = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
-        n_terms, norms = 0, []
+        steps, norms = traj.num_noisy_steps, []
+        sums = dict.fromkeys(("loss", "approx_kl", "clipfrac", "terms"), 0.0)  # the same keys in every process
         for _ in range(cfg.inner_epochs):
             order = torch.randperm(n, generator=self.generator)  # the same global order in every process
             for start in range(0, n, cfg.train_batch_size):
                 mb_global = order[start:start + cfg.train_batch_size]
                 local = self.dist.local_positions(rows, mb_global, n)
-                share = self.dist.share(len(local), len(mb_global))
                 mb = traj.select(local)
-                for k in range(steps if len(local) else 0):  # every stochastic step of the stored trajectories
+
+                def step_loss(k, mb=mb, local=local):  # every stochastic step of the stored trajectories
                     log_prob = step_log_prob(self.policy, mb, k, self.sampler)
-                    loss, info = ppo_clip_loss(log_prob, mb.log_probs[:, k], adv[local], cfg.clip_range)
-                    self.backward(loss / steps, share)
-                    for key, value in (("loss", loss.item()), *info.items()):
-                        sums[key] += value
-                    n_terms += 1
+                    return ppo_clip_loss(log_prob, mb.log_probs[:, k], adv[local], cfg.clip_range)
+
                 if steps:
-                    norms.append(self.update())
+                    norms.append(self.minibatch_update(steps, self.dist.share(len(local), len(mb_global)),
+                                                       step_loss, sums))
         self.steps_done += 1
-        logs = {k: v / max(n_terms, 1) for k, v in sums.items()}
         return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if n > 1 else 0.0,
-                **self.dist.mean(logs), "grad_norm": sum(norms) / max(len(norms), 1)}
+                **self.mean_logs(sums, norms)}

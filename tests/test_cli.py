@@ -20,7 +20,7 @@ from bench.runner import run_suite
 BENCH = [sys.executable, "-m", "bench.cli"]
 SMALL = ["--set", "eval.points=2", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
          "--set", "ddpo.train_batch_size=4", "--set", "d3po.train_batch_size=2",
-         "--set", "method.batch_size=4", "--no-progress"]
+         "--set", "method.batch_size=4", "--model", "tiny", "--no-progress"]
 ALL_METHODS = "rocm-kl,rocm-js,rocm-hellinger,rocm-tv,rocm-chi2,rocm-none,ddpo,d3po"
 
 
@@ -38,7 +38,7 @@ def eval_rows(run_dir: Path) -> list[dict]:
 
 def test_every_method_runs_and_the_report_renders(tmp_path):
     out = tmp_path / "suite"
-    bench("run", "--model", "tiny", "--methods", ALL_METHODS, "--rewards", "brightness", "--seeds", "0",
+    bench("run", "--methods", ALL_METHODS, "--rewards", "brightness", "--seeds", "0",
           "--budget", "200nfe", "--out", str(out), *SMALL)
     bench("run", "--methods", "ddpo,d3po", "--rewards", "jpeg-compressibility", "--seeds", "0", "--budget", "100nfe",
           "--out", str(tmp_path / "jpeg"), *SMALL)
