@@ -11,19 +11,21 @@ from bench.config import SuiteConfig, apply_sets
 from bench.models import ModelConfig
 from bench.runner import run_suite
 
-BUDGET = "6000nfe"
-# Gain of testbed-pref on the training split (fraction 1 minus fraction 0), measured for seeds 0-4 at this
-# budget with these settings; the margin sits well below the smallest gain and well above zero.
-MARGINS = {"rocm-kl": 1.0, "ddpo": 0.5}
+# (budget, margin). The gain of testbed-pref on the training split (end minus start) measured in the reference
+# suite (results/testbed, seeds 0-2, same evaluation): rocm-kl at 6000 NFE +3.4, +4.8, +3.8; ddpo at 6000 NFE
+# -0.1, +0.9, +1.6 (not yet reliable), at 15000 NFE +1.4, +2.5, +3.6. Each margin sits well below the smallest
+# measured gain and well above zero.
+CASES = {"rocm-kl": ("6000nfe", 1.5), "ddpo": ("15000nfe", 0.5)}
 
 
-@pytest.mark.parametrize("method", sorted(MARGINS))
+@pytest.mark.parametrize("method", sorted(CASES))
 def test_method_raises_training_reward_on_testbed(tmp_path, method):
-    suite = SuiteConfig(methods=[method], rewards=["testbed-pref"], seeds=[0], budget=Budget.parse(BUDGET),
+    budget, margin = CASES[method]
+    suite = SuiteConfig(methods=[method], rewards=["testbed-pref"], seeds=[0], budget=Budget.parse(budget),
                         model=ModelConfig(name="testbed"))
     apply_sets(suite, ["eval.points=1", "eval.max_prompts=16", "eval.samples_per_prompt=2",
                        "eval.metrics=testbed-gold"])
     (run,) = run_suite(suite, tmp_path, show_progress=False)
     rows = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     pref = {r["fraction"]: r["value"] for r in rows if r["metric"] == "testbed-pref" and r["split"] == "train"}
-    assert pref[1.0] - pref[0.0] > MARGINS[method], pref
+    assert pref[1.0] - pref[0.0] > margin, pref
