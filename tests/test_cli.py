@@ -86,7 +86,7 @@ def test_killed_suite_resumes_without_losing_anything(tmp_path):
     proc = subprocess.Popen([*BENCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=os.environ | {"HF_HUB_OFFLINE": "1"}, start_new_session=True)
     first, second = out / "runs" / "rocm-kl__brightness__seed0", out / "runs" / "ddpo__brightness__seed0"
-    deadline = time.time() + 300
+    deadline = time.time() + 550
     while not (second / "train.jsonl").exists():  # kill mid-way through the second run
         assert proc.poll() is None and time.time() < deadline, "suite ended before it could be interrupted"
         time.sleep(0.2)
