@@ -13,7 +13,6 @@ Everything is validated before the first run starts, so a typo never costs a hal
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,8 +205,3 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
-
-
-def closest(name: str, options: list[str]) -> str | None:
-    m = difflib.get_close_matches(name, options, n=1)
-    return m[0] if m else None
