@@ -50,21 +50,20 @@ def ls() -> None:
     for name, (target, overrides) in METHODS.items():
         extra = ", ".join(f"{k}={v}" for k, v in overrides.items())
         print(f"  {name:<22} {describe(target)}" + (f" [{extra}]" if extra else ""))
-    print("rewards (also metrics):")
-    for name, target in REWARDS.items():
-        print(f"  {name:<22} {describe(target)}")
-    print("set metrics (evaluation only):")
-    for name, target in SET_METRICS.items():
-        print(f"  {name:<22} {describe(target)}")
+    _section("rewards (also metrics):", REWARDS, describe)
+    _section("set metrics (evaluation only):", SET_METRICS, describe)
     print(f"  {'kl-to-base':<22} KL of the policy's trajectory distribution from the base model (always computed)")
-    print("models:")
-    for name, target in MODELS.items():
-        print(f"  {name:<22} {describe(target)}")
+    _section("models:", MODELS, describe)
     from methods.divergences import DIVERGENCES
 
-    print("divergences (ROCM):")
-    for name, fn in DIVERGENCES.items():
-        print(f"  {name:<22} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    _section("divergences (ROCM):", DIVERGENCES, lambda fn: (fn.__doc__ or "").strip().splitlines()[0])
+
+
+def _section(title: str, registry: dict, line) -> None:
+    """`title`, then one line per registered name: the name and `line(entry)`."""
+    print(title)
+    for name, entry in registry.items():
+        print(f"  {name:<22} {line(entry)}")
 
 
 @app.command()
