@@ -45,6 +45,12 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "huggingface" / "hub"
 
 
+def missing_weights(fetch_name: str, what: str) -> BenchError:
+    """The one-line error for weights absent from the cache, naming the command that fetches them."""
+    return BenchError(f"weights for '{fetch_name}' ({what}) are not in the Hugging Face cache ({cache_dir()}); "
+                      f"run: bench fetch {fetch_name}")
+
+
 def local_snapshot(repo_id: str, fetch_name: str) -> Path:
     """The cached snapshot folder of `repo_id`, never downloading; a clear error names the fetch command."""
     from huggingface_hub import snapshot_download
@@ -53,8 +59,7 @@ def local_snapshot(repo_id: str, fetch_name: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, cache_dir=cache_dir(), local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        raise BenchError(f"weights for '{fetch_name}' ({repo_id}) are not in the Hugging Face cache "
-                         f"({cache_dir()}); run: bench fetch {fetch_name}") from None
+        raise missing_weights(fetch_name, repo_id) from None
 
 
 def require_cached(name: str) -> None:

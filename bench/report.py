@@ -385,6 +385,8 @@ def _pm(mean: float, ci: float) -> str:
     """'0.123 ± 0.004': three significant digits for the mean, enough decimals to show the CI."""
     if not np.isfinite(mean):
         return "–"
+    if np.isfinite(ci) and ci <= 1e-4 * abs(mean):
+        ci = 0.0  # seeds that agree up to float noise: no extra decimals for a CI that is not there
     d = _decimals(mean) if not np.isfinite(ci) else max(_decimals(mean), min(6, -math.floor(math.log10(ci or 1))))
     return f"{mean:.{d}f}" if not np.isfinite(ci) else f"{mean:.{d}f} ± {ci:.{d}f}"
 

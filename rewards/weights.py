@@ -17,7 +17,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from bench.errors import BenchError
-from bench.hub import cache_dir, local_snapshot  # one cache resolution for models and rewards
+from bench.hub import cache_dir, local_snapshot, missing_weights  # one cache resolution for models and rewards
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
 PICKSCORE = "yuvalkirstain/PickScore_v1"
@@ -48,11 +48,6 @@ URL_FETCH: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def _missing(reward: str, what: str) -> BenchError:
-    return BenchError(f"weights for '{reward}' ({what}) are not in the Hugging Face cache ({cache_dir()}); "
-                      f"run: bench fetch {reward}")
-
-
 def hub_folder(reward: str, repo_id: str) -> Path:
     """The cached snapshot folder of `repo_id` (config.json, weights, tokenizer files), or a BenchError."""
     return local_snapshot(repo_id, reward)
@@ -63,7 +58,7 @@ def hub_file(reward: str, repo_id: str, filename: str) -> Path:
     try:
         return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir(), local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as e:
-        raise _missing(reward, f"{repo_id}/{filename}") from e
+        raise missing_weights(reward, f"{repo_id}/{filename}") from e
 
 
 def hub_files(reward: str, repo_id: str, filenames: tuple[str, ...]) -> Path:

@@ -183,3 +183,13 @@ def test_interrupted_attempts_ignored_and_missing_samples_noted(tmp_path):
 
 def test_tex_escape():
     assert tex_escape("a_b 5% & #1 ± –") == r"a\_b 5\% \& \#1 $\pm$ --"
+
+
+def test_mean_ci_text_has_decimals_the_ci_needs_and_no_more():
+    from bench.report import _pm
+
+    assert _pm(65.7, 1.7) == "65.7 ± 1.7"
+    assert _pm(0.236, 0.004) == "0.236 ± 0.004"
+    assert _pm(0.5, 1e-9) == "0.500 ± 0.000"  # seeds agreeing up to float noise: not 0.500000 ± 0.000000
+    assert _pm(3.0, float("nan")) == "3.00"  # one seed: no CI
+    assert _pm(float("nan"), 0.1) == "–"

@@ -47,10 +47,6 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def _cosine(opt: torch.optim.Optimizer, steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
-
-
 def attribute_accuracy(logits: torch.Tensor, attr: Attributes) -> dict[str, float]:
     """Fraction of images whose predicted digit / ink / background / all three match the prompt."""
     d, i, b = (h.argmax(1) for h in AttributeClassifier.split(logits))
@@ -59,24 +55,36 @@ def attribute_accuracy(logits: torch.Tensor, attr: Attributes) -> dict[str, floa
             "background": ok_b.float().mean().item(), "all": (ok_d & ok_i & ok_b).float().mean().item()}
 
 
-def train_classifier(cfg: EvaluatorConfig, seed: int, log=print) -> tuple[AttributeClassifier, dict[str, float]]:
-    """-> (classifier, its accuracy on the held-out real images in every colour pair)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net, data = AttributeClassifier(ClassifierSpec()), DigitSampler(PRETRAIN_IMAGES, ALL_COMBOS)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = _cosine(opt, cfg.classifier_steps)
-    t0 = time.time()
-    for step in range(cfg.classifier_steps):
-        images, prompts = data.sample(cfg.batch, gen)
-        a = attributes(prompts)
-        d, i, b = AttributeClassifier.split(net(augment(images, gen)))
-        loss = F.cross_entropy(d, a.digit) + F.cross_entropy(i, a.ink) + F.cross_entropy(b, a.bg)
+def _fit(net: torch.nn.Module, steps: int, lr: float, loss_of) -> float:
+    """Adam with a cosine-decayed learning rate on `loss_of()` (a fresh batch's loss per call), `steps` times;
+    leaves `net` in eval mode and frozen; returns the last loss."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        loss = loss_of()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     net.eval().requires_grad_(False)
+    return loss.item()
+
+
+def train_classifier(cfg: EvaluatorConfig, seed: int, log=print) -> tuple[AttributeClassifier, dict[str, float]]:
+    """-> (classifier, its accuracy on the held-out real images in every colour pair)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net, data = AttributeClassifier(ClassifierSpec()), DigitSampler(PRETRAIN_IMAGES, ALL_COMBOS)
+
+    def loss_of() -> torch.Tensor:
+        images, prompts = data.sample(cfg.batch, gen)
+        a = attributes(prompts)
+        d, i, b = AttributeClassifier.split(net(augment(images, gen)))
+        return F.cross_entropy(d, a.digit) + F.cross_entropy(i, a.ink) + F.cross_entropy(b, a.bg)
+
+    t0 = time.time()
+    _fit(net, cfg.classifier_steps, cfg.lr, loss_of)
     images, prompts = heldout_real(COLOUR_PAIRS, seed)
     with torch.no_grad():
         acc = attribute_accuracy(net(images), attributes(prompts))
@@ -89,23 +97,19 @@ def train_features(cfg: EvaluatorConfig, seed: int, log=print) -> tuple[FeatureN
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     net, data = FeatureNet(FeatureSpec()), DigitSampler(PRETRAIN_IMAGES, ALL_COMBOS)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    sched = _cosine(opt, cfg.feature_steps)
-    t0 = time.time()
-    for step in range(cfg.feature_steps):
+
+    def loss_of() -> torch.Tensor:
         images, _ = data.sample(cfg.batch, gen)
         images = augment(images, gen)  # so generator-like flaws are represented, not collapsed, by the code
-        loss = F.mse_loss(net(images), images)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    net.eval().requires_grad_(False)
+        return F.mse_loss(net(images), images)
+
+    t0 = time.time()
+    mse = _fit(net, cfg.feature_steps, cfg.lr, loss_of)
     images, _ = heldout_real(COLOUR_PAIRS, seed)
     with torch.no_grad():
         feats = net.encode(images).double()
     stats = {"ref_mu": feats.mean(0).float(), "ref_cov": torch.cov(feats.T).float()}
-    log(f"features: reconstruction mse {loss.item():.4f}, reference = {len(images)} held-out real images "
+    log(f"features: reconstruction mse {mse:.4f}, reference = {len(images)} held-out real images "
         f"({len(HELDOUT_IMAGES)} digits x {len(COLOUR_PAIRS)} colour pairs) ({time.time() - t0:.0f}s)")
     return net, stats
 
