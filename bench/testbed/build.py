@@ -7,9 +7,9 @@ Stages (each seeded from `seed`, so a build is deterministic for a seed on a giv
   4. the generator's quality table (accuracy and FID at 1/2/4/8 LCM steps and for the teacher);
   5. the preference proxy, on pairs of generator samples and perturbed real images labelled by the gold.
 Outputs in `out`: generator / teacher / classifier / features / gold / proxy `.safetensors` (configs in their
-metadata) and `metrics.json` (every measurement above, stage timings, versions). The full build took 18 minutes
-(1,094 s) on this project's shared 2-core machine with 1 torch thread; `quick=True` runs tiny versions of every
-stage in well under a minute (tests the pipeline).
+metadata) and `metrics.json` (every measurement above, stage timings, versions). The full build took 24 minutes
+(1,417 s, pre-training 1,105 s of it) on this project's 2-core machine with 2 torch threads; `quick=True` runs
+tiny versions of every stage in well under a minute (tests the pipeline).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, conf
     stage("distill", t0)
 
     t0 = time.time()
-    policy = policy_from(student, text, ModelConfig(name="testbed", lora_rank=0))
+    policy = policy_from(student, text, cfg.generator, ModelConfig(name="testbed", lora_rank=0))
     quality = quality_table(policy, teacher, text, classifier, features, ref, cfg.quality, seed, log)
     stage("quality", t0)
 
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the shipped weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny versions of every stage (pipeline test)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: on a shared 2-core machine, 2 threads spin against each other)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads (2 on a quiet 2-core machine; 1 where other jobs share the cores)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     build_all(args.out, args.seed, args.quick)

@@ -5,8 +5,8 @@ Per step, for a batch of real images x_0 and prompts c:
     w ~ U[w_min, w_max]                                   (CFG scale; the student sees it as `timestep_cond`)
     t = t_{n+k} from the skipping schedule {19, 39, ..., 999} (k = 20, as original_inference_steps = 50)
     x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε
-    ε̂ = ε_T(x_t, t, ∅) + w (ε_T(x_t, t, c) - ε_T(x_t, t, ∅))          teacher, classifier-free guided
-    x̂_{t-k} = DDIM step of ε̂ from t to t-k                              (the ODE solver Ψ)
+    x̂_0 = x̂_T(x_t, t, ∅) + w (x̂_T(x_t, t, c) - x̂_T(x_t, t, ∅))      teacher, classifier-free guided
+    x̂_{t-k} = DDIM step from t to t-k with x̂_0 and its ε̂               (the ODE solver Ψ)
     loss = d( f_θ(x_t, t, c, w), f_θ⁻(x̂_{t-k}, t-k, c, w) )              pseudo-Huber d
     θ⁻ ← μ θ⁻ + (1 - μ) θ                                                 EMA target network
 where f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t) with LCMScheduler's `get_scalings_for_boundary_condition_
@@ -25,7 +25,7 @@ from torch import nn
 
 from bench.models import guidance_embedding
 from bench.testbed.generator import (GeneratorSpec, TextEncoder, alphas_cumprod, build_unet, ema_update,
-                                     lr_lambda)
+                                     lr_lambda, x0_from_output)
 from bench.testbed.world import DigitSampler
 from bench.testbed.world_prompts import PRETRAIN_IMAGES, TRAIN_COMBOS
 
@@ -43,17 +43,14 @@ class DistillConfig:
     huber_c: float = 0.001  # pseudo-Huber constant (diffusers' default)
 
 
-def _x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-
-
 def consistency_fn(unet: nn.Module, scheduler, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                    w_emb: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     """c_skip(t) x_t + c_out(t) x̂_0: (B, 3, 16, 16), t (B,) long."""
-    eps = unet(x_t, t, encoder_hidden_states=cond, timestep_cond=w_emb).sample
+    out = unet(x_t, t, encoder_hidden_states=cond, timestep_cond=w_emb).sample
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t.float())
     shape = (-1, 1, 1, 1)
-    return c_skip.view(shape) * x_t + c_out.view(shape) * _x0_from_eps(x_t, eps, abar[t].view(shape))
+    x0 = x0_from_output(out, x_t, abar[t].view(shape), scheduler.config.prediction_type)
+    return c_skip.view(shape) * x_t + c_out.view(shape) * x0
 
 
 def distill(teacher: nn.Module, text: TextEncoder, spec: GeneratorSpec, cfg: DistillConfig, seed: int,
@@ -63,7 +60,7 @@ def distill(teacher: nn.Module, text: TextEncoder, spec: GeneratorSpec, cfg: Dis
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    scheduler = LCMScheduler()
+    scheduler = LCMScheduler(prediction_type=spec.prediction_type)
     abar = alphas_cumprod()
     student = build_unet(spec, guidance=True)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
@@ -93,10 +90,11 @@ def distill(teacher: nn.Module, text: TextEncoder, spec: GeneratorSpec, cfg: Dis
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=gen)
 
         with torch.no_grad():  # teacher's guided DDIM step, then the target network at the solver's endpoint
-            eps_c, eps_u = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]),
+            out_c, out_u = teacher(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                    encoder_hidden_states=torch.cat([cond, uncond_one.expand_as(cond)])).sample.chunk(2)
-            eps = eps_u + w.view(-1, 1, 1, 1) * (eps_c - eps_u)
-            x_prev = a_prev.sqrt() * _x0_from_eps(x_t, eps, a) + (1 - a_prev).sqrt() * eps
+            x0 = x0_from_output(out_u + w.view(-1, 1, 1, 1) * (out_c - out_u), x_t, a, spec.prediction_type)
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+            x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
             tgt = consistency_fn(target, scheduler, x_prev, t_prev, cond, w_emb, abar)
         pred = consistency_fn(student, scheduler, x_t, t, cond, w_emb, abar)
         loss = (((pred - tgt) ** 2 + cfg.huber_c**2).sqrt() - cfg.huber_c).mean()

@@ -69,7 +69,8 @@ def quality_table(policy: Policy, teacher: torch.nn.Module | None, text: TextEnc
         if teacher is not None:
             t0 = time.time()
             images = teacher_sample(teacher, text, prompts, cfg.teacher_steps, cfg.guidance_scale,
-                                    torch.Generator().manual_seed(seed), cfg.batch)
+                                    torch.Generator().manual_seed(seed), policy.scheduler.config.prediction_type,
+                                    cfg.batch)
             rows[f"teacher-ddim-{cfg.teacher_steps}"] = score_images(images, prompts, classifier, features, ref)
             rows[f"teacher-ddim-{cfg.teacher_steps}"]["seconds"] = round(time.time() - t0, 1)
         table[split] = rows
