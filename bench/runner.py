@@ -50,8 +50,9 @@ def manifest(suite: SuiteConfig, argv: list[str]) -> dict:
     import transformers
 
     try:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
+        # "<sha>-dirty" when tracked files differ from the commit (e.g. weights rebuilt but not yet committed)
+        git = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         git = None
     dev = resolve_device(suite.device)
