@@ -29,6 +29,7 @@ def test_two_processes_match_one(tmp_path):
         assert b["processes"] == 2 and a["processes"] == 1
         assert (a["nfe"], a["steps"], a["images"]) == (b["nfe"], b["steps"], b["images"])  # counted across processes
         wa, wb = (load_file(str(d / run.name / "adapter.safetensors")) for d in (one / "runs", two / "runs"))
-        for k in wa:
-            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+        for k in wa:  # Adam's g/√v magnifies summation-order noise where a gradient is near zero: measured up
+            # to 1.1e-5 on one element of 512 with rocm-kl's β = 10, against LoRA updates of order lr = 3e-3
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=5e-5)
         assert any("lora_B" in k and wa[k].abs().max() > 0 for k in wa)  # it trained (LoRA B starts at zero)
