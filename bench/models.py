@@ -58,6 +58,16 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     return nn.functional.pad(emb, (0, dim % 2))
 
 
+def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """A UNet's output at x_t as x̂_0, for the scheduler's `prediction_type` ("epsilon", "sample" or
+    "v_prediction"); abar_t is ᾱ_t, a scalar or broadcastable to x_t (e.g. (B, 1, 1, 1))."""
+    if prediction_type == "epsilon":
+        return (x_t - (1 - abar_t).sqrt() * out) / abar_t.sqrt()
+    if prediction_type == "sample":
+        return out
+    return abar_t.sqrt() * x_t - (1 - abar_t).sqrt() * out  # "v_prediction"
+
+
 class Policy(nn.Module):
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, config: ModelConfig,
                  meter: ComputeMeter | None = None, image_size: int | None = None):
@@ -117,13 +127,7 @@ class Policy(nn.Module):
         with self._autocast():
             eps = unet(x_t, ts, encoder_hidden_states=cond, timestep_cond=w_emb).sample.float()
         a = self.scheduler.alphas_cumprod[t].to(x_t)
-        kind = self.scheduler.config.prediction_type
-        if kind == "epsilon":
-            x0_pred = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
-        elif kind == "sample":
-            x0_pred = eps
-        else:  # "v_prediction"
-            x0_pred = a.sqrt() * x_t - (1 - a).sqrt() * eps
+        x0_pred = x0_from_output(eps, x_t, a, self.scheduler.config.prediction_type)
         c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(t)
         out = c_skip * x_t + c_out * x0_pred
         return self.meter.watch_backward(out)

@@ -32,7 +32,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # β defaults: KL's was chosen on the testbed (seed 0, 15k NFE: β = 10 doubles the proxy while gold reward and FID
-# stay at the base model's; β = 1 and 3 hack the proxy, β = 30 barely moves; see results/README.md). The others are matched to it at small δ, where every divergence is quadratic:
+# stay at the base model's; β = 1 and 3 hack the proxy, β = 30 barely moves; see results/README.md). The others
+# are matched to it at small δ, where every divergence is quadratic:
 # hellinger ≈ δ²/4, js ≈ δ²/8, chi2 ≈ δ² against kl = δ²/2 (so β × 2, × 4, × 0.5); tv ≈ δ/√(2π) is linear,
 # matched at δ = 1 (× 1.3). All use the whole-vector δ (METHODS.md's default); `--set rocm-js.per_dim=true`
 # gives the per-dimension form, whose values are ~1/D as large (D latent dimensions): scale β with it.

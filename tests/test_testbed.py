@@ -143,7 +143,8 @@ def test_shipped_weights_are_small():
 
 
 def test_x0_from_output_inverts_the_forward_process():
-    from bench.testbed.generator import alphas_cumprod, x0_from_output
+    from bench.models import x0_from_output
+    from bench.testbed.generator import alphas_cumprod
 
     gen = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(4, 3, 16, 16, generator=gen), torch.randn(4, 3, 16, 16, generator=gen)
@@ -151,3 +152,5 @@ def test_x0_from_output_inverts_the_forward_process():
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     assert torch.allclose(x0_from_output(eps, x_t, a, "epsilon"), x0, atol=1e-3)
     assert torch.equal(x0_from_output(x0, x_t, a, "sample"), x0)
+    v = a.sqrt() * eps - (1 - a).sqrt() * x0  # the v-parameterisation's target
+    assert torch.allclose(x0_from_output(v, x_t, a, "v_prediction"), x0, atol=1e-4)

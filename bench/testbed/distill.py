@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.models import guidance_embedding
+from bench.models import guidance_embedding, x0_from_output
 from bench.testbed.generator import (GeneratorSpec, TextEncoder, alphas_cumprod, build_unet, ema_update,
-                                     lr_lambda, x0_from_output)
+                                     lr_lambda)
 from bench.testbed.world import DigitSampler
 from bench.testbed.world_prompts import PRETRAIN_IMAGES, TRAIN_COMBOS
 

@@ -65,13 +65,6 @@ def build_unet(spec: GeneratorSpec, guidance: bool):
         attention_head_dim=8, time_cond_proj_dim=spec.guidance_dim if guidance else None)
 
 
-def x0_from_output(out: torch.Tensor, x_t: torch.Tensor, abar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The UNet output (B, 3, 16, 16) at x_t as x̂_0; abar_t is ᾱ_t broadcastable to (B, 1, 1, 1)."""
-    if prediction_type == "sample":
-        return out
-    return (x_t - (1 - abar_t).sqrt() * out) / abar_t.sqrt()
-
-
 def alphas_cumprod() -> torch.Tensor:
     """ᾱ_t (1000,) of LCMScheduler's default config (scaled_linear, β from 0.00085 to 0.012)."""
     from diffusers import LCMScheduler
