@@ -160,7 +160,7 @@ app.add_typer(testbed_app, name="testbed")
 def testbed_build(out: Path = typer.Option(None, help="Weights folder (default: the package's shipped weights)."),
                   seed: int = typer.Option(0, help="Seed of every training stage."),
                   quick: bool = typer.Option(False, help="Tiny versions of every stage (checks the pipeline)."),
-                  threads: int = typer.Option(2, help="Torch threads (1 where other jobs share the cores).")) -> None:
+                  threads: int = typer.Option(2, min=1, help="Torch threads (1 if the cores are shared).")) -> None:
     """Rebuild every testbed weight from scratch (generator, distillation, classifier, proxy, FID features)."""
     from bench.testbed.build import main as build_main
 

@@ -154,3 +154,14 @@ def test_x0_from_output_inverts_the_forward_process():
     assert torch.equal(x0_from_output(x0, x_t, a, "sample"), x0)
     v = a.sqrt() * eps - (1 - a).sqrt() * x0  # the v-parameterisation's target
     assert torch.allclose(x0_from_output(v, x_t, a, "v_prediction"), x0, atol=1e-4)
+
+
+def test_unreadable_or_missing_weights_are_bench_errors(tmp_path):
+    from bench.errors import BenchError
+    from bench.testbed.nets import load_weights
+
+    with pytest.raises(BenchError, match="not found"):
+        load_weights("generator", tmp_path)
+    (tmp_path / "generator.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BenchError, match="unreadable"):
+        load_weights("generator", tmp_path)

@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch CPU threads (2 on a quiet 2-core machine; 1 where other jobs share the cores)")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     build_all(args.out, args.seed, args.quick)
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 from torch import nn
 
 from bench.errors import BenchError
@@ -110,9 +110,13 @@ def load_weights(name: str, weights_dir: Path | None = None) -> tuple[dict[str, 
     path = (weights_dir or WEIGHTS_DIR) / f"{name}.safetensors"
     if not path.is_file():
         raise BenchError(f"testbed weights not found: {path}; rebuild them with `python -m bench.testbed.build`")
-    with safe_open(str(path), framework="pt") as f:
-        config = json.loads((f.metadata() or {}).get("config", "{}"))
-    return load_file(str(path)), config
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            config = json.loads((f.metadata() or {}).get("config", "{}"))
+        return load_file(str(path)), config
+    except (SafetensorError, json.JSONDecodeError, OSError) as e:
+        raise BenchError(f"testbed weights {path} are unreadable ({str(e).splitlines()[0]}); rebuild them with "
+                         "`python -m bench.testbed.build`") from None
 
 
 def save_module(path: Path, module: nn.Module, spec, extra: dict[str, torch.Tensor] | None = None) -> None:
