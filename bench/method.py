@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -19,9 +20,27 @@ from bench.reward import Reward
 from bench.sampler import SamplerConfig
 
 
+@dataclass(frozen=True)
+class Knob:
+    """A tunable config field and its search range for `bench sweep` (every method gets the same trial count).
+
+    Numeric knobs are sampled in [low, high] (log-uniformly when `log`); `choices` makes a categorical knob.
+    """
+
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple = ()
+    integer: bool = False
+    """Sample integers in [low, high] (e.g. a group size)."""
+
+
 @dataclass
 class TrainConfig:
     """Optimisation fields every method has; each method's config extends this."""
+
+    KNOBS: ClassVar[dict[str, Knob]] = {"lr": Knob(1e-4, 1e-2, log=True)}
+    """Fields `bench sweep` tunes, with their ranges; subclasses extend it (learning rate for every method)."""
 
     lr: float = 1e-3
     """AdamW learning rate."""
