@@ -25,30 +25,38 @@ from bench.sampler import SamplerConfig
 
 @dataclass
 class EvalConfig:
-    """Evaluation at fixed fractions of the budget; never charged to it."""
+    """Evaluation at fixed fractions of the budget; never charged to it (docs/protocol.md)."""
 
     points: int = 10
     """Evaluations at 1/points, 2/points, …, 1 of the budget, plus one of the base model at 0."""
+    splits: tuple[str, ...] = ("train", "test")
+    """Prompt splits evaluated: train and test for reported runs; `bench sweep` uses train and validation."""
     samples_per_prompt: int = 2
-    """Images per prompt at each evaluation (the same noise at every point, for every method)."""
-    max_prompts: int = 16
-    """At most this many prompts per split (the first ones)."""
+    """At least this many images per prompt at each evaluation (the same noise at every point, for every method)."""
+    min_images: int = 128
+    """At least this many images per split (more images per prompt for a small split), so that set metrics such
+    as FID are estimated from many more images than their feature dimension."""
+    max_prompts: int = 0
+    """0: every prompt of each split. N > 0: an evenly spread subset of N prompts of a larger split (recorded in
+    every evaluation row as n_prompts)."""
     seed: int = 12345
     """Seed of the evaluation noise (fixed across methods and run seeds: paired comparisons)."""
     metrics: tuple[str, ...] = ()
     """Metrics to compute; empty = the model's defaults plus the training reward."""
     grid_images: int = 16
-    """Held-out images saved in each evaluation's sample grid."""
+    """Images of the reported (last) split saved in each evaluation's sample grid."""
 
 
 @dataclass
 class PromptConfig:
     set: str = ""
-    """Registered prompt set (empty = the model's default)."""
+    """Registered prompt set (empty = the model's default): its train, validation and test splits."""
     train: str = ""
     """A text file of training prompts (one per line) instead of the set's training split."""
-    heldout: str = ""
-    """A text file of held-out prompts instead of the set's held-out split."""
+    validation: str = ""
+    """A text file of validation prompts (tuning and selection only) instead of the set's."""
+    test: str = ""
+    """A text file of test prompts (reported) instead of the set's."""
 
 
 @dataclass
@@ -145,8 +153,8 @@ def method_config(name: str, suite: SuiteConfig):
 
 def validate(suite: SuiteConfig) -> None:
     """Every name, value and combination, before anything runs or is written."""
-    from bench.prompts import load_prompts
-    from bench.registry import MODEL_DEFAULTS, METHODS, metric_class, method_class, model_builder, reward_class
+    from bench.prompts import SPLITS
+    from bench.registry import METHODS, metric_class, method_class, model_builder, reward_class
 
     if not suite.methods:
         raise BenchError("no methods given: e.g. --methods rocm-kl,ddpo (see `bench ls`)")
@@ -179,11 +187,42 @@ def validate(suite: SuiteConfig) -> None:
             metric_class(metric)
     if suite.sampler.steps < 1:
         raise BenchError(f"sampler.steps must be >= 1, got {suite.sampler.steps}")
-    if suite.eval.points < 1:
-        raise BenchError(f"eval.points must be >= 1, got {suite.eval.points}")
-    defaults = MODEL_DEFAULTS.get(suite.model.name, {})
-    for split in ("train", "heldout"):
-        load_prompts(getattr(suite.prompts, split) or suite.prompts.set or defaults.get("prompts", "tiny"), split)
+    ev = suite.eval
+    for name, value, low in (("points", ev.points, 1), ("samples_per_prompt", ev.samples_per_prompt, 1),
+                             ("min_images", ev.min_images, 0), ("max_prompts", ev.max_prompts, 0),
+                             ("grid_images", ev.grid_images, 0)):
+        if value < low:
+            raise BenchError(f"eval.{name} must be >= {low}, got {value}")
+    if not ev.splits or len(set(ev.splits)) != len(ev.splits):
+        raise BenchError(f"eval.splits must name distinct splits, e.g. train,test; got {','.join(ev.splits)}")
+    for split in ev.splits:
+        if split not in SPLITS:
+            raise unknown_name("eval split", split, list(SPLITS))
+    split_prompts(suite)  # every split loads (files exist, are not empty)
+
+
+def split_prompts(suite: SuiteConfig) -> dict[str, list[str]]:
+    """Every prompt split of the suite: the set's (or the model's default set's), or the user's files."""
+    from bench.prompts import SPLITS, load_prompts
+    from bench.registry import MODEL_DEFAULTS
+
+    default = suite.prompts.set or MODEL_DEFAULTS.get(suite.model.name, {}).get("prompts", "tiny")
+    return {split: load_prompts(getattr(suite.prompts, split) or default, split) for split in SPLITS}
+
+
+def eval_prompts(prompts: list[str], max_prompts: int) -> list[str]:
+    """Every prompt, or `max_prompts` of them spread evenly over the list (first and last included)."""
+    if max_prompts <= 0 or max_prompts >= len(prompts):
+        return list(prompts)
+    if max_prompts == 1:
+        return [prompts[0]]
+    step = (len(prompts) - 1) / (max_prompts - 1)
+    return [prompts[round(i * step)] for i in range(max_prompts)]
+
+
+def images_per_prompt(n_prompts: int, ev: EvalConfig) -> int:
+    """Images drawn per prompt of a split: at least samples_per_prompt, and at least min_images in all."""
+    return max(ev.samples_per_prompt, -(-ev.min_images // max(n_prompts, 1)))
 
 
 def metrics_for(suite: SuiteConfig, reward: str) -> list[str]:

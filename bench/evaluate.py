@@ -1,7 +1,8 @@
 """The one evaluation harness: every metric on training prompts and on held-out prompts, uncharged.
 
-At each evaluation point the policy draws `samples_per_prompt` images for each prompt of both splits from
-the *same* noise (a fixed seed, the same for every method and point: paired comparisons), and every metric
+At each evaluation point the policy draws a fixed number of images for every prompt of each evaluated split
+(`per_prompt[split]`, chosen by the runner so that each split has enough images for its set metrics) from the
+*same* noise (a fixed seed, the same for every method and point: paired comparisons), and every metric
 is computed on them — not only the training reward, so reward hacking shows up as the training reward rising
 while the others fall. `kl-to-base` is the KL divergence of the policy's trajectory distribution from the
 base model's, Σ_k δ_k²/2 over the stochastic steps at the visited states (per sample): the x axis of the
@@ -46,28 +47,29 @@ def draw_images(policy: Policy, sampler: SamplerConfig, prompts: list[str], samp
 
 
 def prepare_references(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]],
-                       metrics: dict[str, object], samples_per_prompt: int, seed: int) -> None:
+                       metrics: dict[str, object], per_prompt: dict[str, int], seed: int) -> None:
     """Set metrics whose reference is the base model (FID by default) get its images on each split once,
     drawn from other noise than the evaluation's, so that at fraction 0 they show the sampling noise floor."""
     needing = [m for m in metrics.values() if getattr(m, "needs_base_reference", False)]
     if not needing:
         return
     with policy.reference():
-        for prompts in splits.values():
-            images, all_prompts = draw_images(policy, sampler, prompts, samples_per_prompt, seed)
+        for split, prompts in splits.items():
+            images, all_prompts = draw_images(policy, sampler, prompts, per_prompt[split], seed)
             for m in needing:
                 m.set_reference(images, all_prompts)
 
 
 @torch.no_grad()
 def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]], metrics: dict[str, object],
-             samples_per_prompt: int, seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Returns rows (split, metric, version, higher_is_better, value, stderr, n) and each split's images."""
+             per_prompt: dict[str, int], seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Returns rows (split, metric, version, higher_is_better, value, stderr, n, n_prompts, n_images) and each
+    split's images. A set metric's `compute()` returns a value, or (value, standard error) where it has one."""
     rows, images_by_split = [], {}
     with policy.meter.paused():
         for split, prompts in splits.items():
             generator = torch.Generator().manual_seed(seed)
-            all_prompts = [p for p in prompts for _ in range(samples_per_prompt)]
+            all_prompts = [p for p in prompts for _ in range(per_prompt[split])]
             per_sample: dict[str, list[torch.Tensor]] = {name: [] for name in metrics}
             for m in metrics.values():
                 if isinstance(m, SetMetric):
@@ -87,14 +89,17 @@ def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]
             images_by_split[split] = torch.cat(images)
             for name, m in metrics.items():
                 if isinstance(m, SetMetric):
-                    value, stderr, n, version, hib = m.compute(), 0.0, len(all_prompts), m.version, m.higher_is_better
+                    out = m.compute()
+                    value, stderr = (float(out[0]), float(out[1])) if isinstance(out, tuple) else (float(out), 0.0)
+                    n, version, hib = len(all_prompts), m.version, m.higher_is_better
                 else:
                     v = torch.cat(per_sample[name]).double()
                     n = len(v)
                     value, stderr = float(v.mean()), float(v.std() / math.sqrt(n)) if n > 1 else 0.0
                     version, hib = (m.version, m.higher_is_better) if isinstance(m, Reward) else ("1", False)
                 rows.append({"split": split, "metric": name, "version": version, "higher_is_better": hib,
-                             "value": value, "stderr": stderr, "n": n})
+                             "value": value, "stderr": stderr, "n": n, "n_prompts": len(prompts),
+                             "n_images": len(all_prompts)})
     return rows, images_by_split
 
 

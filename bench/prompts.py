@@ -1,7 +1,12 @@
-"""Prompt sets: a named set gives a training split and a held-out split (unseen combinations of its words).
+"""Prompt sets: a named set gives three disjoint splits (docs/protocol.md):
 
-Users may pass their own files instead: one prompt per line, `--set prompts.train=FILE` and
-`--set prompts.heldout=FILE`.
+- `train`: the prompts RL training draws from;
+- `validation`: held-out prompts for tuning and selection only (`bench sweep` evaluates here);
+- `test`: held-out prompts that are reported, seen by no training and by no tuning.
+
+Validation and test are unseen combinations of seen words (or unseen subjects), built the same way so that
+selecting on validation predicts test. Users may pass their own files instead, one prompt per line:
+`--set prompts.train=FILE`, `--set prompts.validation=FILE`, `--set prompts.test=FILE`.
 """
 
 from __future__ import annotations
@@ -10,16 +15,22 @@ from itertools import product
 from pathlib import Path
 
 from bench.errors import BenchError, unknown_name
-from bench.testbed.world_prompts import HELDOUT_PROMPTS as _TESTBED_HELDOUT
+from bench.testbed.world_prompts import TEST_PROMPTS as _TESTBED_TEST
 from bench.testbed.world_prompts import TRAIN_PROMPTS as _TESTBED_TRAIN
+from bench.testbed.world_prompts import VALIDATION_PROMPTS as _TESTBED_VALIDATION
+
+SPLITS = ("train", "validation", "test")
 
 _COLOURS = ["red", "green", "blue", "yellow"]
 _ANIMALS = ["cat", "dog", "horse", "bird"]
 TINY_WORDS = ["a", "photo", "of"] + _COLOURS + _ANIMALS
 
-# Held-out prompts are colour x animal pairs never seen in training (one per colour and per animal).
-_TINY_HELDOUT = [f"a photo of a {c} {a}" for c, a in zip(_COLOURS, _ANIMALS)]
-_TINY_TRAIN = [p for p in (f"a photo of a {c} {a}" for c, a in product(_COLOURS, _ANIMALS)) if p not in _TINY_HELDOUT]
+# Validation and test prompts are colour x animal pairs never seen in training (two diagonals of the 4 x 4 grid:
+# one per colour and per animal each).
+_TINY_TEST = [f"a photo of a {c} {a}" for c, a in zip(_COLOURS, _ANIMALS)]
+_TINY_VALIDATION = [f"a photo of a {c} {a}" for c, a in zip(_COLOURS, _ANIMALS[1:] + _ANIMALS[:1])]
+_TINY_TRAIN = [p for p in (f"a photo of a {c} {a}" for c, a in product(_COLOURS, _ANIMALS))
+               if p not in _TINY_TEST + _TINY_VALIDATION]
 
 # Real models. "animals" follows DDPO/RLCM's simple-animal prompts (our own list): held-out animals never
 # appear in training. "styles" is in the spirit of HPDv2's four categories (anime, concept art, painting,
@@ -35,21 +46,28 @@ _STYLE_SUBJECTS = ["a lighthouse on a cliff", "an old bookshop", "a mountain vil
                    "a sailing ship in a storm", "a street market at night", "a fox in the snow", "a glass teapot"]
 _STYLES = ["anime style", "concept art", "an oil painting", "a photograph"]
 _STYLE_PAIRS = [f"{subject}, {style}" for subject in _STYLE_SUBJECTS for style in _STYLES]
-_STYLE_HELDOUT = [f"{s}, {st}" for s, st in zip(_STYLE_SUBJECTS, _STYLES * 2)]
+# Each subject is held out in two styles: one for test, the next for validation.
+_STYLE_TEST = [f"{s}, {st}" for s, st in zip(_STYLE_SUBJECTS, _STYLES * 2)]
+_STYLE_VALIDATION = [f"{s}, {st}" for s, st in zip(_STYLE_SUBJECTS, (_STYLES[1:] + _STYLES[:1]) * 2)]
 
 PROMPT_SETS: dict[str, dict[str, list[str]]] = {
-    "tiny": {"train": _TINY_TRAIN, "heldout": _TINY_HELDOUT},
+    "tiny": {"train": _TINY_TRAIN, "validation": _TINY_VALIDATION, "test": _TINY_TEST},
+    # Held-out animals alternate between validation and test.
     "animals": {"train": [f"a photo of a {a}" for a in _ANIMALS_TRAIN],
-                "heldout": [f"a photo of a {a}" for a in _ANIMALS_HELDOUT]},
-    "styles": {"train": [p for p in _STYLE_PAIRS if p not in _STYLE_HELDOUT], "heldout": _STYLE_HELDOUT},
-    # Coloured digits: 90 training combinations; 20 held-out (digit, ink, background) combinations never seen
-    # in the generator's training or RL training (bench/testbed/world_prompts.py).
-    "testbed": {"train": _TESTBED_TRAIN, "heldout": _TESTBED_HELDOUT},
+                "validation": [f"a photo of a {a}" for a in _ANIMALS_HELDOUT[0::2]],
+                "test": [f"a photo of a {a}" for a in _ANIMALS_HELDOUT[1::2]]},
+    "styles": {"train": [p for p in _STYLE_PAIRS if p not in _STYLE_TEST + _STYLE_VALIDATION],
+               "validation": _STYLE_VALIDATION, "test": _STYLE_TEST},
+    # Coloured digits: 90 training combinations; 10 validation and 10 test (digit, ink, background) combinations,
+    # never seen by the generator's training or RL training (bench/testbed/world_prompts.py).
+    "testbed": {"train": _TESTBED_TRAIN, "validation": _TESTBED_VALIDATION, "test": _TESTBED_TEST},
 }
 
 
 def load_prompts(name_or_file: str, split: str) -> list[str]:
     """A registered set's split, or a text file with one prompt per line."""
+    if split not in SPLITS:
+        raise unknown_name("prompt split", split, list(SPLITS))
     if name_or_file in PROMPT_SETS:
         return list(PROMPT_SETS[name_or_file][split])
     path = Path(name_or_file)

@@ -30,7 +30,10 @@ BAD_PROMPTS = ["a photo of a cat", "a white seven on a white background", "a red
 def test_grammar_and_splits():
     assert len(ALL_COMBOS) == 110 and len(TRAIN_PROMPTS) == 90 and len(HELDOUT_PROMPTS) == 20
     assert not set(TRAIN_PROMPTS) & set(HELDOUT_PROMPTS)
-    assert load_prompts("testbed", "heldout") == HELDOUT_PROMPTS
+    validation, test = load_prompts("testbed", "validation"), load_prompts("testbed", "test")
+    assert sorted(validation + test) == sorted(HELDOUT_PROMPTS) and not set(validation) & set(test)
+    for split in (validation, test):  # every digit in both halves
+        assert sorted(parse_prompt(p)[0] for p in split) == list(range(10))
     for combo in HELDOUT_COMBOS:  # unseen combinations of seen words
         assert parse_prompt(make_prompt(*combo)) == combo
         d, ink, bg = combo
@@ -76,10 +79,22 @@ def test_set_metrics():
     real, prompts = heldout_real(COLOUR_PAIRS)
     pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:300]
     fid.update(real[pick], [prompts[i] for i in pick])
-    fid_real = fid.compute()
+    fid_real, se_real = fid.compute()
     fid.reset()
-    fid.update(torch.rand(300, 3, 16, 16), ["x"] * 300)
-    assert 0 <= fid_real < fid.compute()
+    fid.update(torch.rand(300, 3, 16, 16), [prompts[i] for i in pick])
+    fid_noise, se_noise = fid.compute()
+    assert 0 <= fid_real < 2 and fid_real + 10 * se_real < fid_noise and se_real > 0 and se_noise > 0
+    # The reference is real images of the *same* prompts: right digits in the wrong colours are far from it.
+    swap = {"black": "blue", "blue": "black", "white": "black"}
+    wrong = [" ".join(w.split()[:5] + [swap[w.split()[5]], "background"]) for w in (prompts[i] for i in pick)]
+    fid.reset()
+    fid.update(real[pick], wrong)
+    assert fid.compute()[0] > fid_real + 10 * se_real
+    # Digits in the right colours but all of one digit: far from a reference of ten digits.
+    ones = [i for i in pick.tolist() if "one" == prompts[i].split()[2]]
+    fid.reset()
+    fid.update(real[ones * 10][:300], [prompts[i] for i in pick][:len(real[ones * 10][:300])])
+    assert fid.compute()[0] > fid_real + 10 * se_real
     diversity.update(torch.rand(4, 3, 16, 16), ["a", "a", "b", "c"])
     assert diversity.compute() > 0
     diversity.reset()
@@ -110,7 +125,7 @@ def test_shipped_generator_colours_and_fid():
     assert acc["ink"] >= 0.85 and acc["background"] >= 0.85, acc
     fid = metric_class("testbed-fid")()
     fid.update(images, prompts)
-    value = fid.compute()
+    value, _ = fid.compute()
     teacher_fid = metrics["generator_quality"]["train"]["teacher-ddim-50"]["fid"]
     # 64 samples bias FID upwards; the margin covers that bias, not a regression of the shipped weights.
     assert value == value and value < 3 * teacher_fid + 2.0, (value, teacher_fid)

@@ -11,7 +11,10 @@ Splits (fixed, documented; every number below is a constant of the world, not a 
   distillation, and from RL training prompts; each of their words is seen in other combinations.
   (The attribute classifier, the preference proxy and the FID features see all colourings: they are the
   evaluators, like CLIP, which has seen everything.)
-- **prompts**: `TRAIN_PROMPTS` = the 90 other combinations; `HELDOUT_PROMPTS` = the 20 held-out ones.
+- **prompts**: `TRAIN_PROMPTS` = the 90 other combinations; `HELDOUT_PROMPTS` = the 20 held-out ones, split
+  in two halves of one combination per digit each: `VALIDATION_PROMPTS` (10, for tuning and selection only:
+  `bench sweep`) and `TEST_PROMPTS` (10, reported; seen by no training stage and by no tuning). Both halves
+  are unseen by the generator, so validation is a faithful stand-in for test.
 - **images**: `PRETRAIN_IMAGES` = digit images 0..1399 (generator, classifier, proxy, feature network);
   `HELDOUT_IMAGES` = 1400..1796 (397 real images, the FID reference; never trained on).
 """
@@ -41,6 +44,9 @@ ALL_COMBOS: list[tuple[int, str, str]] = [(d, i, b) for d in range(10) for i, b 
 # Two colour pairs per digit, stepping through the 11 pairs with strides coprime to 11 (balanced coverage).
 HELDOUT_COMBOS: list[tuple[int, str, str]] = sorted(
     {(d, *COLOUR_PAIRS[(3 * d + off) % len(COLOUR_PAIRS)]) for d in range(10) for off in (0, 5)})
+# Validation takes each digit's first held-out pair (offset 0), test its second (offset 5): every digit in both.
+VALIDATION_COMBOS: list[tuple[int, str, str]] = [(d, *COLOUR_PAIRS[(3 * d) % len(COLOUR_PAIRS)]) for d in range(10)]
+TEST_COMBOS: list[tuple[int, str, str]] = [(d, *COLOUR_PAIRS[(3 * d + 5) % len(COLOUR_PAIRS)]) for d in range(10)]
 TRAIN_COMBOS: list[tuple[int, str, str]] = [c for c in ALL_COMBOS if c not in set(HELDOUT_COMBOS)]
 
 PRETRAIN_IMAGES = range(0, 1400)
@@ -67,3 +73,5 @@ def parse_prompt(prompt: str) -> tuple[int, str, str]:
 
 TRAIN_PROMPTS: list[str] = [make_prompt(*c) for c in TRAIN_COMBOS]
 HELDOUT_PROMPTS: list[str] = [make_prompt(*c) for c in HELDOUT_COMBOS]
+VALIDATION_PROMPTS: list[str] = [make_prompt(*c) for c in VALIDATION_COMBOS]
+TEST_PROMPTS: list[str] = [make_prompt(*c) for c in TEST_COMBOS]
