@@ -6,8 +6,10 @@
   labelled by the gold (the PickScore analogue; exploitable by design);
 - `testbed-gold`: the hidden gold preference itself (`bench.testbed.gold`), reported, never trained on by
   default, so reward hacking is measured directly: proxy up, gold down;
-- `testbed-fid`: Fréchet distance to the held-out real images in the 32-d code of an autoencoder that no
-  reward uses (reference statistics shipped with the weights);
+- `testbed-fid`: Fréchet distance, in the 32-d code of an autoencoder that no reward uses, to **real images of
+  the same prompts**: the held-out real digits (ids 1400..1796, never trained on) of each evaluated prompt's
+  digit, in its colours, every prompt weighted as often as it was evaluated; with a bootstrap standard error
+  over the generated images (the evaluation draws >= 128 images per split: N well above the 32 dimensions);
 - `testbed-diversity`: mean pairwise feature distance between images of the same prompt.
 
 Images are (B, 3, H, W) in [0, 1], resized to 16x16 in torch if needed (gradients reach the pixels).
@@ -29,7 +31,10 @@ from bench.testbed.evaluators import frechet_distance
 from bench.testbed.gold import GoldSpec, gold_score
 from bench.testbed.nets import (AttributeClassifier, ClassifierSpec, FeatureNet, FeatureSpec, PreferenceNet,
                                 PreferenceSpec, load_module, load_weights)
-from bench.testbed.world import SIZE, attributes
+from bench.testbed.world import SIZE, attributes, colourise, digit_masks
+from bench.testbed.world_prompts import HELDOUT_IMAGES
+
+FID_BOOTSTRAP = 50  # resamples of the generated images behind testbed-fid's standard error
 
 
 def _to_testbed_size(images: torch.Tensor) -> torch.Tensor:
@@ -106,12 +111,48 @@ class _FeatureSetMetric(SetMetric):
 
 
 class TestbedFID(_FeatureSetMetric):
-    """FID to the 397 held-out real digits (all colourings) in a 32-d autoencoder space no reward uses."""
+    """FID to held-out real digits of the same prompts (their digit, their colours) in a 32-d autoencoder space."""
 
-    name, version, higher_is_better = "testbed-fid", "1", False
+    name, version, higher_is_better = "testbed-fid", "2", False
 
-    def compute(self):
-        return frechet_distance(self.features(), self.ref["ref_mu"].numpy(), self.ref["ref_cov"].numpy())
+    def compute(self) -> tuple[float, float]:
+        """(FID, bootstrap standard error over the generated images)."""
+        feats = self.features()
+        if len(feats) < 2:
+            return float("nan"), 0.0
+        mu, cov = self.reference_stats(self._prompts)
+        value = frechet_distance(feats, mu, cov)
+        rng = np.random.default_rng(0)  # fixed: the same resamples at every evaluation point
+        boot = [frechet_distance(feats[rng.integers(0, len(feats), len(feats))], mu, cov)
+                for _ in range(FID_BOOTSTRAP)]
+        return value, float(np.std(boot, ddof=1))
+
+    @torch.no_grad()
+    def reference_stats(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (32,) and covariance (32, 32) of real images for `prompts`: for each prompt every held-out real
+        image of its digit in its colours (fixed colour jitter), weighted so each prompt counts as often as in
+        `prompts` whatever the number of real images of its digit."""
+        masks, labels = digit_masks()
+        ids = torch.tensor(list(HELDOUT_IMAGES))
+        masks, labels = masks[ids], labels[ids]
+        counts: dict[str, int] = {}
+        for p in prompts:
+            counts[p] = counts.get(p, 0) + 1
+        feats, weights = [], []
+        generator = torch.Generator().manual_seed(0)
+        for prompt, count in sorted(counts.items()):
+            attr = attributes([prompt])
+            rows = torch.nonzero(labels == attr.digit[0])[:, 0]  # every held-out real image of this digit
+            n = len(rows)
+            images = colourise(masks[rows], attr.ink.expand(n), attr.bg.expand(n), generator)
+            feats.append(self.net.encode(images.to(self.device)).cpu().double().numpy())
+            weights.append(np.full(n, count / n))
+        f, w = np.concatenate(feats), np.concatenate(weights)
+        w = w / w.sum()
+        mu = (w[:, None] * f).sum(0)
+        centred = f - mu
+        cov = (w[:, None] * centred).T @ centred / (1 - (w**2).sum())  # unbiased weighted covariance
+        return mu, cov
 
 
 class TestbedDiversity(_FeatureSetMetric):
