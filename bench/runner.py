@@ -2,10 +2,13 @@
 at fixed fractions of it, and writes results so that a killed suite resumes where it stopped.
 
 Per run (see bench/results.py for the files): build the base model (identical for every run), the reward,
-the method; evaluate the base model (fraction 0); then repeat outer steps — each timed and charged to the
-meter — until the budget is spent (so a run ends within one outer step past it), evaluating whenever a
-budget fraction k/points is crossed; save the trained adapter; write summary.json last. A run folder without
-summary.json is an interrupted attempt: it is moved aside (never deleted) and the run is redone.
+the method; evaluate the base model (fraction 0) on every prompt of the evaluated splits; then repeat outer
+steps — each timed and charged to the meter — evaluating whenever a budget fraction k/points is crossed.
+Budgets are matched exactly (docs/protocol.md): an outer step is started only if a step as costly as the
+costliest one so far still fits within the budget plus BUDGET_TOLERANCE, so no run ends more than 0.5% past
+its budget; the final evaluation is taken where the run stops and labelled fraction 1 (its `budget_used`
+says how much was really spent). Then save the trained adapter and write summary.json last. A run folder
+without summary.json is an interrupted attempt: it is moved aside (never deleted) and the run is redone.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench import distributed, results
 from bench.compute import ComputeMeter
 from bench.distributed import Dist
-from bench.config import SuiteConfig, method_config, metrics_for, to_dict, validate
+from bench.config import (SuiteConfig, eval_prompts, images_per_prompt, method_config, metrics_for, split_prompts,
+                          to_dict, validate)
 from bench.errors import BenchError
 from bench.evaluate import evaluate, image_grid_png, prepare_references
-from bench.prompts import load_prompts
 from bench.reward import Reward
-from bench.registry import MODEL_DEFAULTS, metric_class, model_builder, reward_class
+from bench.registry import metric_class, model_builder, reward_class
+
+PROTOCOL = 2
+"""Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
+first 16 prompts of two splits, denoiser-only compute, budgets overshot by up to one step. 2: three splits,
+every prompt evaluated, every module's FLOPs charged, budgets matched within BUDGET_TOLERANCE."""
+BUDGET_TOLERANCE = 0.005  # a run may end at most this fraction past its budget
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,11 +46,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError(f"device '{name}' requested but no CUDA device is available; use --device cpu")
     return torch.device(name)
-
-
-def split_prompts(suite: SuiteConfig) -> dict[str, list[str]]:
-    default = suite.prompts.set or MODEL_DEFAULTS.get(suite.model.name, {}).get("prompts", "tiny")
-    return {split: load_prompts(getattr(suite.prompts, split) or default, split) for split in ("train", "heldout")}
 
 
 def manifest(suite: SuiteConfig, argv: list[str]) -> dict:
@@ -56,7 +60,7 @@ def manifest(suite: SuiteConfig, argv: list[str]) -> dict:
     except (OSError, subprocess.SubprocessError):
         git = None
     dev = resolve_device(suite.device)
-    return {"argv": argv, "config": to_dict(suite), "git": git, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    return {"argv": argv, "protocol": PROTOCOL, "config": to_dict(suite), "git": git, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -142,16 +146,19 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     reward = reward_class(reward_name)(device, meter)
     metrics = build_metrics(suite, reward_name, reward, device, meter)
     splits = split_prompts(suite)
-    eval_splits = {s: p[: suite.eval.max_prompts] for s, p in splits.items()}
+    eval_splits = {s: eval_prompts(splits[s], suite.eval.max_prompts) for s in suite.eval.splits}
+    per_prompt = {s: images_per_prompt(len(p), suite.eval) for s, p in eval_splits.items()}
     algo = cls(method, cfg, policy, suite.sampler, reward, splits["train"], torch.Generator().manual_seed(seed), dist)
     if dist.is_main:
         results.write_json_atomic(run_dir / "config.json", {
             "method": method, "reward": reward_name, "seed": seed, "budget": suite.budget.as_dict(),
-            "model": to_dict(suite.model), "sampler": to_dict(suite.sampler), "eval": to_dict(suite.eval),
+            "protocol": PROTOCOL, "model": to_dict(suite.model), "sampler": to_dict(suite.sampler),
+            "eval": to_dict(suite.eval), "eval_images_per_prompt": per_prompt,
             "method_config": to_dict(cfg), "method_class": f"{cls.__module__}:{cls.__name__}",
             "metrics": list(metrics), "prompts": splits, "device": str(device), "processes": dist.world})
 
     budget, points = suite.budget, suite.eval.points
+    reported = suite.eval.splits[-1]  # the split shown in sample grids and summary.json (test, or validation)
     done_points: set[int] = set()
     t_start = time.perf_counter()
     counters = dist.sum(meter.counters())  # compute of every process together
@@ -160,39 +167,47 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         """Process 0 evaluates and writes; the others wait (evaluation is never charged)."""
         final = {}
         if dist.is_main:
-            rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, suite.eval.samples_per_prompt,
-                                    suite.eval.seed)
+            rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+            used = budget.spent(counters) / budget.amount
             results.append_jsonl(run_dir / "eval.jsonl", [
-                {"step": step, "fraction": f, "nfe": counters["nfe"], "seconds": counters["seconds"], **row}
+                {"step": step, "fraction": f, "budget_used": used, **_compute_columns(counters), **row}
                 for f in fractions for row in rows])
-            png = image_grid_png(images["heldout"][: suite.eval.grid_images])
+            png = image_grid_png(images[reported][: suite.eval.grid_images])
             for f in fractions:
                 results.write_bytes_atomic(run_dir / "samples" / f"frac{f:.2f}.png", png)
-            final = {r["metric"]: r["value"] for r in rows if r["split"] == "heldout"}
+            final = {r["metric"]: r["value"] for r in rows if r["split"] == reported}
         dist.barrier()
         return final
 
     if dist.is_main:
-        prepare_references(policy, suite.sampler, eval_splits, metrics, suite.eval.samples_per_prompt,
-                           suite.eval.seed + 1)
+        prepare_references(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed + 1)
     final = eval_at([0.0], 0)
     on_progress(0.0, f"{method} {reward_name} s{seed}")
-    while budget.spent(counters) < budget.amount:
+    limit = budget.amount * (1 + BUDGET_TOLERANCE)
+    costliest = 0.0  # the largest cost of one outer step so far, in the budget's unit
+    while budget.spent(counters) + costliest <= limit and budget.spent(counters) < budget.amount:
+        before = budget.spent(counters)
         nfe_before = counters["nfe"]
         with meter.timing():
             logs = algo.step()
         counters = dist.sum(meter.counters())
         if counters["nfe"] == nfe_before:
             raise BenchError(f"{method}: an outer step charged no compute; the run could never end")
+        costliest = max(costliest, budget.spent(counters) - before)
+        if algo.steps_done == 1 and budget.spent(counters) > limit:
+            raise BenchError(f"{method}: one outer step costs {budget.spent(counters):.4g} {budget.kind}, more than "
+                             f"the whole budget ({budget.text}); give a larger --budget or a smaller batch")
         frac = budget.spent(counters) / budget.amount
         if dist.is_main:
             results.append_jsonl(run_dir / "train.jsonl",
                                  [{"step": algo.steps_done, **counters, "budget_used": frac, **logs}])
-        crossed = [i for i in range(1, points + 1) if i not in done_points and frac >= i / points - 1e-9]
+        crossed = [i for i in range(1, points) if i not in done_points and frac >= i / points - 1e-9]
         if crossed:
             done_points.update(crossed)
             final = eval_at([i / points for i in crossed], algo.steps_done)
         on_progress(frac, f"{method} {reward_name} s{seed}: {reward_name} {logs.get('reward_mean', float('nan')):.3g}")
+    # The last evaluation point is where the run stopped: the next step would not have fit in the budget.
+    final = eval_at([i / points for i in range(1, points + 1) if i not in done_points], algo.steps_done)
 
     if dist.is_main:
         from safetensors.torch import save_file
@@ -200,5 +215,11 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         save_file(policy.trainable_state_dict(), str(run_dir / "adapter.safetensors"))
         results.write_json_atomic(run_dir / "summary.json", {
             "status": "complete", "steps": algo.steps_done, **counters, "processes": dist.world,
-            "wall_seconds": time.perf_counter() - t_start, "final_heldout": final})
+            "budget_used": budget.spent(counters) / budget.amount, "reported_split": reported,
+            "wall_seconds": time.perf_counter() - t_start, f"final_{reported}": final})
     dist.barrier()
+
+
+def _compute_columns(counters: dict) -> dict:
+    """The compute counters copied into every evaluation row (the report's x axes)."""
+    return {k: counters[k] for k in ("nfe", "seconds", "flops", "nfe_eq") if k in counters}

@@ -19,6 +19,7 @@ from bench.runner import run_suite
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 SMALL = ["--set", "eval.points=2", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
+         "--set", "eval.min_images=0",
          "--set", "ddpo.train_batch_size=4", "--set", "d3po.train_batch_size=2",
          "--set", "method.batch_size=4", "--model", "tiny", "--no-progress"]
 ALL_METHODS = "rocm-kl,rocm-js,rocm-hellinger,rocm-tv,rocm-chi2,rocm-none,ddpo,d3po"
@@ -47,9 +48,14 @@ def test_every_method_runs_and_the_report_renders(tmp_path):
         assert len(runs) == n
         for run in runs:
             summary = json.loads((run / "summary.json").read_text())
-            assert summary["nfe"] >= json.loads((run / "config.json").read_text())["budget"]["amount"]
+            amount = json.loads((run / "config.json").read_text())["budget"]["amount"]
+            steps = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
+            costliest = max(b["nfe"] - a["nfe"] for a, b in zip([{"nfe": 0}] + steps, steps))
+            # Never more than 0.5% past the budget; short of it by less than one more step.
+            assert amount - costliest < summary["nfe"] <= amount * 1.005, (run.name, summary["nfe"], costliest)
             rows = eval_rows(run)
             assert {r["fraction"] for r in rows} == {0.0, 0.5, 1.0}
+            assert {r["split"] for r in rows} == {"train", "test"}
             assert all(r["value"] is not None and r["value"] == r["value"] for r in rows), run.name
     rep = bench("report", str(out))
     table = (out / "report" / "table.md").read_text()
@@ -63,7 +69,8 @@ def test_every_method_runs_and_the_report_renders(tmp_path):
 
 def small_suite(methods, budget="150nfe"):
     s = SuiteConfig(methods=methods, rewards=["brightness"], seeds=[3], budget=Budget.parse(budget))
-    apply_sets(s, ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "method.batch_size=4",
+    apply_sets(s, ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
+                   "method.batch_size=4",
                    "ddpo.train_batch_size=4", "d3po.train_batch_size=2"])
     return s
 
@@ -117,6 +124,10 @@ def one_line_error(p, match):
     (["run", "--methods", "rocm-kl", "--rewards", "jpeg-compressibility"], "not differentiable"),
     (["run", "--set", "sampler.stepz=2"], "did you mean 'sampler.steps'"),
     (["run", "--seeds", "0,zero"], "bad --seeds"),
+    (["run", "--set", "eval.splits=train,heldout"], "did you mean 'test'"),
+    (["run", "--set", "prompts.heldout=x.txt"], "did you mean 'prompts.test'"),
+    (["run", "--set", "eval.min_images=-1"], "eval.min_images must be >= 0"),
+    (["run", "--set", "prompts.test=/nonexistent/prompts.txt"], "prompt file not found"),
     (["report", "/nonexistent/suite"], "not found"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, match):

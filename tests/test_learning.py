@@ -23,7 +23,7 @@ def test_method_raises_training_reward_on_testbed(tmp_path, method):
     budget, margin = CASES[method]
     suite = SuiteConfig(methods=[method], rewards=["testbed-pref"], seeds=[0], budget=Budget.parse(budget),
                         model=ModelConfig(name="testbed"))
-    apply_sets(suite, ["eval.points=1", "eval.max_prompts=16", "eval.samples_per_prompt=2",
+    apply_sets(suite, ["eval.points=1", "eval.max_prompts=16", "eval.samples_per_prompt=2", "eval.min_images=0",
                        "eval.metrics=testbed-gold"])
     (run,) = run_suite(suite, tmp_path, show_progress=False)
     rows = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
