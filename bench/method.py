@@ -2,11 +2,13 @@
 training prompts; one `step()` is one outer iteration (sample, score, update) returning scalar logs.
 
 What every method needs and no method should re-implement lives here: the optimizer over the policy's
-trainable parameters, one guarded update (NaN check, gradient clipping), and the prompt draw.
+trainable parameters, one guarded update (NaN check, gradient clipping), the prompt draws (independent prompts,
+or groups of samples of distinct prompts), and the sweep knobs of a config resolved to absolute ranges.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -41,6 +43,10 @@ class TrainConfig:
 
     KNOBS: ClassVar[dict[str, Knob]] = {"lr": Knob(1e-4, 1e-2, log=True)}
     """Fields `bench sweep` tunes, with their ranges; subclasses extend it (learning rate for every method)."""
+    RELATIVE_KNOBS: ClassVar[frozenset[str]] = frozenset()
+    """Knobs whose range (low, high, choices) is in multiples of the field's own value in the entry, not absolute:
+    one config class serves registry entries of different scales (ROCM's β per divergence). `resolved_knobs`
+    turns them into absolute ranges; a relative knob whose value is 0 is fixed by its entry and dropped."""
 
     lr: float = 1e-3
     """AdamW learning rate."""
@@ -51,6 +57,31 @@ class TrainConfig:
     batch_size: int = 8
     """Images sampled per outer step."""
 
+    def resolve(self, name: str) -> None:
+        """Check field combinations and fill derived fields, in place; idempotent. Method.__init__ calls it.
+        It must run after every `--set` override, so never from __post_init__ (bench/config.py builds the
+        config from its registry overrides first and sets the `--set` fields afterwards)."""
+        if self.batch_size < 1:
+            raise BenchError(f"{name}: batch_size must be >= 1, got {self.batch_size}")
+
+    def knob_scale(self, field: str, latent_dims: int | None) -> float:
+        """What a relative knob's range multiplies: the field's value (subclasses may rescale it, e.g. for a
+        form of the objective whose natural scale depends on the latent size `latent_dims`, None if unknown)."""
+        return float(getattr(self, field))
+
+    def resolved_knobs(self, latent_dims: int | None = None) -> dict[str, Knob]:
+        """KNOBS with every relative knob made absolute around this config's values (see RELATIVE_KNOBS)."""
+        out = {}
+        for field, knob in self.KNOBS.items():
+            if field not in self.RELATIVE_KNOBS:
+                out[field] = knob
+                continue
+            scale = self.knob_scale(field, latent_dims)
+            if scale != 0:
+                out[field] = dataclasses.replace(knob, low=knob.low * scale, high=knob.high * scale,
+                                                 choices=tuple(c * scale for c in knob.choices))
+        return out
+
 
 class Method:
     """Base class. Subclasses set `Config` (a TrainConfig dataclass) and implement `step()`."""
@@ -60,8 +91,7 @@ class Method:
 
     def __init__(self, name: str, cfg: TrainConfig, policy: Policy, sampler: SamplerConfig, reward: Reward,
                  prompts: list[str], generator: torch.Generator, dist: Dist = Dist()):
-        if cfg.batch_size < 1:
-            raise BenchError(f"{name}: batch_size must be >= 1, got {cfg.batch_size}")
+        cfg.resolve(name)
         self.name, self.cfg, self.policy, self.sampler, self.reward = name, cfg, policy, sampler, reward
         self.prompts, self.generator, self.dist = list(prompts), generator, dist
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -77,6 +107,26 @@ class Method:
         every process draws the same ones, see bench/distributed.py)."""
         idx = torch.randint(len(self.prompts), (n,), generator=self.generator)
         return [self.prompts[i] for i in idx.tolist()]
+
+    def draw_prompt_groups(self, groups: int, size: int, replacement: bool = False) -> list[str]:
+        """`groups` prompts, each repeated `size` times in a row: [p_0] * size + [p_1] * size + …, groups * size
+        prompts (a group is `size` samples of one prompt, each with its own noise when sampled: the per-prompt
+        statistics DDPO, and later GRPO, compare a sample with).
+
+        The prompts are distinct (the first `groups` of a random permutation) when groups <= len(prompts);
+        beyond that, whole permutations are concatenated, so every prompt appears ⌊groups/n⌋ or ⌈groups/n⌉
+        times. `replacement=True` draws the groups' prompts as draw_prompts does (with replacement, the same
+        generator calls: with size 1 it is exactly draw_prompts(groups)). Every process draws the same.
+        """
+        if groups < 1 or size < 1:
+            raise BenchError(f"{self.name}: prompt groups need groups >= 1 and size >= 1, got {groups}, {size}")
+        if replacement:
+            chosen = self.draw_prompts(groups)
+        else:
+            n = len(self.prompts)
+            perms = [torch.randperm(n, generator=self.generator) for _ in range(-(-groups // n))]
+            chosen = [self.prompts[i] for i in torch.cat(perms)[:groups].tolist()]
+        return [p for p in chosen for _ in range(size)]
 
     def backward(self, loss: torch.Tensor, share: float = 1.0) -> None:
         """(share * loss).backward(), refusing a non-finite loss (it would poison the weights silently).

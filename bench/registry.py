@@ -9,9 +9,12 @@ run writes its β into its results and the report shows it.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import unknown_name
+
+if TYPE_CHECKING:  # bench.method imports torch; the registry stays light
+    from bench.method import Knob
 
 MODELS: dict[str, str] = {
     "tiny": "bench.models:tiny",
@@ -43,8 +46,11 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # stay at the base model's; β = 1 and 3 hack the proxy, β = 30 barely moves; see results/README.md). The others
 # are matched to it at small δ, where every divergence is quadratic:
 # hellinger ≈ δ²/4, js ≈ δ²/8, chi2 ≈ δ² against kl = δ²/2 (so β × 2, × 4, × 0.5); tv ≈ δ/√(2π) is linear,
-# matched at δ = 1 (× 1.3). All use the whole-vector δ (METHODS.md's default); `--set rocm-js.per_dim=true`
-# gives the per-dimension form, whose values are ~1/D as large (D latent dimensions): scale β with it.
+# matched at δ = 1 (× 1.3). All were set with the whole-vector δ on the testbed's 768-dimensional latent. ROCM's
+# per_dim="auto" keeps that form there but switches js, hellinger and tv to the per-dimension form on latents over
+# 1024 dimensions (real 4×64×64 latents, where the whole-vector form saturates), whose values are ~1/D as large
+# (D latent dimensions): these βs are then ~D times too weak and are not real-model values; β must be swept
+# (knobs_for(name, latent_dims=D) centres the β range on D × β for such entries).
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rocm-kl": ("methods.rocm:ROCM", {"divergence": "kl", "beta": 10.0}),
     "rocm-js": ("methods.rocm:ROCM", {"divergence": "js", "beta": 40.0}),
@@ -96,6 +102,16 @@ def method_class(name: str) -> tuple[type, dict[str, Any]]:
         raise unknown_name("method", name, list(METHODS))
     target, overrides = METHODS[name]
     return _import(target), dict(overrides)
+
+
+def knobs_for(name: str, latent_dims: int | None = None) -> dict[str, Knob]:
+    """The sweep knobs of a registered method entry, {field: Knob} with absolute ranges: its config class's
+    KNOBS, relative ones (e.g. ROCM's β) scaled by the entry's own value (bench/method.py RELATIVE_KNOBS), and
+    dropped where that value is 0 (rocm-none's β). `latent_dims`: the model's latent size, for knobs whose scale
+    depends on it (β of a per-dimension ROCM entry); None keeps the registered scale. `--set` values are not
+    applied: for those, call resolved_knobs() on bench.config.method_config's config."""
+    cls, overrides = method_class(name)
+    return cls.Config(**overrides).resolved_knobs(latent_dims)
 
 
 def reward_class(name: str) -> type:

@@ -15,12 +15,13 @@ differentiable: only its ordering of each pair is used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from bench.distributed import Dist
 from bench.errors import BenchError
-from bench.method import Method, TrainConfig
+from bench.method import Knob, Method, TrainConfig
 from bench.sampler import sample, step_log_prob
 from methods.losses import d3po_loss
 
@@ -28,7 +29,15 @@ from methods.losses import d3po_loss
 @dataclass
 class D3POConfig(TrainConfig):
     """Defaults tuned on the testbed (4 pairs per step were too noisy; D3PO's own lr 3e-5 barely moved a
-    small LoRA within the budget). D3PO's public defaults: β 0.1, ratio clamp 0.1, lr 3e-5, AdamW."""
+    small LoRA within the budget). D3PO's public defaults: β 0.1, ratio clamp 0.1, lr 3e-5, AdamW.
+
+    Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log) and the DPO β, 0.1 to 100 (log). Why not around 0.1: the clamp
+    keeps each step's log-ratio difference x within ±0.2, so for β below ~1 the loss -log σ(βx) is nearly
+    linear in βx and β only scales the gradient, which Adam undoes; β acts through σ(-βx), which stops
+    weighting pairs already won once 0.2β is a few units (β ~ 10 to 100).
+    """
+
+    KNOBS: ClassVar[dict[str, Knob]] = TrainConfig.KNOBS | {"beta": Knob(0.1, 100.0, log=True)}
 
     batch_size: int = 32
     """Images sampled per outer step (batch_size / 2 pairs, each pair from one initial noise)."""
@@ -40,6 +49,12 @@ class D3POConfig(TrainConfig):
     """Pairs per minibatch update."""
     lr: float = 1e-3
 
+    def resolve(self, name: str) -> None:
+        super().resolve(name)
+        if self.batch_size % 2 or (self.batch_size // 2) % self.train_batch_size:
+            raise BenchError(f"{name}: batch_size ({self.batch_size}) must be twice a multiple of train_batch_size "
+                             f"({self.train_batch_size}): samples come in pairs")
+
 
 class D3PO(Method):
     """D3PO: per-step DPO on pairs of trajectories from the same initial noise."""
@@ -48,9 +63,6 @@ class D3PO(Method):
 
     def __init__(self, name, cfg: D3POConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        if cfg.batch_size % 2 or (cfg.batch_size // 2) % cfg.train_batch_size:
-            raise BenchError(f"{name}: batch_size ({cfg.batch_size}) must be twice a multiple of train_batch_size "
-                             f"({cfg.train_batch_size}): samples come in pairs")
         self.ties = 0
 
     def step(self) -> dict[str, float]:

@@ -1,33 +1,67 @@
 """DDPO on an LCM: policy gradient with PPO-clip over the sampler's stochastic steps, as RLCM applies it
 (METHODS.md §3; Black et al. 2023, Owen-Oertell/rlcm).
 
-One outer step: sample a batch without gradients and store the trajectory; score the final images (any
-reward: it need not be differentiable); turn rewards into advantages with per-prompt running statistics,
-clipped to ±A_max; then for each inner epoch and each minibatch, re-score every stored noisy step under the
-current parameters and take the PPO-clip loss, accumulating gradients over the steps of the minibatch
-before one optimizer update (as DDPO accumulates over timesteps).
+One outer step: draw P distinct prompts and sample K trajectories of each (each from its own initial noise)
+without gradients, storing the trajectories; score the final images (any reward: it need not be
+differentiable); turn rewards into advantages with per-prompt running statistics, clipped to ±A_max — with a
+group of K >= stat_min_count samples per prompt these are the prompt's own statistics from its first visit,
+so an advantage says "better than this prompt's other samples", not "an easy prompt" (`per_prompt_share` in
+the logs: the fraction of this step's advantages that were); then for each inner epoch and each minibatch,
+re-score every stored noisy step under the current parameters and take the PPO-clip loss, accumulating
+gradients over the steps of the minibatch before one optimizer update (as DDPO accumulates over timesteps).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from bench.distributed import Dist
 from bench.errors import BenchError
-from bench.method import Method, TrainConfig
+from bench.method import Knob, Method, TrainConfig
 from bench.sampler import sample, step_log_prob
 from methods.losses import PerPromptStatTracker, clip_advantages, ppo_clip_loss
 
 
 @dataclass
 class DDPOConfig(TrainConfig):
-    """Defaults tuned on the testbed (batch 8 was too noisy to learn; clip 1e-4 clipped most updates).
-    RLCM's values on LCM-Dreamshaper-v7: lr 1e-4, clip 1e-4, A_max 10, LoRA, max grad norm 5."""
+    """Defaults tuned on the testbed (32 trajectories per step: batch 8 was too noisy to learn; clip 1e-4
+    clipped most updates), with grouped sampling (P = 4 prompts x K = 8 samples) pending the sweep.
+    RLCM's values on LCM-Dreamshaper-v7: lr 1e-4, clip 1e-4, A_max 10, LoRA, max grad norm 5.
 
-    batch_size: int = 32
-    """Trajectories sampled per outer step."""
+    The batch is P x K: batch_size is derived (leave it 0; a nonzero batch_size must equal P x K, or the run
+    stops with an error, e.g. from `--set method.batch_size=...`: set ddpo.prompts_per_step instead).
+    Before grouping, a step drew 32 prompts with replacement and used per-prompt statistics only once a prompt
+    had 16 rewards (on the testbed's 90 prompts, 94% of advantages came from batch statistics). That run is
+    reproduced draw for draw by `--set ddpo.prompts_per_step=32 --set ddpo.samples_per_prompt=1
+    --set ddpo.prompt_replacement=true --set ddpo.stat_min_count=16 --set ddpo.stat_buffer=32`.
+
+    Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log), clip_range (1e-4 to 1e-2, log: RLCM's 1e-4 to 10x ours) and
+    samples_per_prompt K in {2, 4, 8, 16} (powers of two, so the batch P x K stays a multiple of
+    train_batch_size and of the process count). The sweep varies K at fixed P, so the batch and the compute of
+    a step grow with K; the budget is compute, so a larger group buys fewer updates, which is part of the
+    trade-off being tuned. stat_min_count and stat_buffer follow K by default (0), so every K keeps
+    per-prompt statistics from the first step.
+    """
+
+    KNOBS: ClassVar[dict[str, Knob]] = TrainConfig.KNOBS | {
+        "clip_range": Knob(1e-4, 1e-2, log=True),
+        "samples_per_prompt": Knob(choices=(2, 4, 8, 16)),
+    }
+
+    prompts_per_step: int = 4
+    """P: distinct prompts per outer step (drawn without replacement; with replacement only when P exceeds the
+    number of training prompts, or with prompt_replacement). 4 x 8 keeps the tuned 32 trajectories per step."""
+    samples_per_prompt: int = 8
+    """K: trajectories per prompt per step, each from its own initial noise (the group the per-prompt statistics
+    compare). 8: enough for a usable per-prompt mean and std from the first step (std relative error ~1/sqrt(2K)
+    = 25%), while P = 4 prompts still vary the batch."""
+    prompt_replacement: bool = False
+    """Draw the P prompts with replacement, as DDPO did before grouping (for reproducing that run only)."""
+    batch_size: int = 0
+    """Trajectories per outer step: derived, P x K (0 = derived; any other value must equal P x K)."""
     train_batch_size: int = 8
     """Trajectories per minibatch update (batch_size must be a multiple of it)."""
     inner_epochs: int = 1
@@ -36,11 +70,35 @@ class DDPOConfig(TrainConfig):
     """PPO clip ε on the per-step likelihood ratio (RLCM: 1e-4)."""
     adv_clip_max: float = 10.0
     """Advantages are clipped to ±this (RLCM: 10)."""
-    stat_buffer: int = 32
-    """Per-prompt reward history kept for advantage statistics (rewards)."""
-    stat_min_count: int = 16
-    """Below this many rewards for a prompt, the batch mean/std is used instead."""
+    stat_buffer: int = 0
+    """Per-prompt reward history kept for advantage statistics (0 = 2K): this step's group plus the prompt's
+    previous group, a steadier std than K rewards alone, while at most half of it comes from an older policy
+    (a prompt recurs only every ~len(prompts)/P steps)."""
+    stat_min_count: int = 0
+    """Below this many rewards for a prompt, the batch mean/std is used instead (0 = K: a prompt's own group
+    suffices, so per_prompt_share is 1 from the first step; above K, first visits fall back to the batch)."""
     lr: float = 1e-3
+
+    def resolve(self, name: str) -> None:
+        """Fill batch_size (P x K), stat_buffer (2K) and stat_min_count (K) where 0; check the combination."""
+        p, k = self.prompts_per_step, self.samples_per_prompt
+        if p < 1 or k < 1:
+            raise BenchError(f"{name}: prompts_per_step and samples_per_prompt must be >= 1, got {p} and {k}")
+        if self.batch_size == 0:
+            self.batch_size = p * k
+        elif self.batch_size != p * k:
+            hint = f"={self.batch_size // k}" if self.batch_size % k == 0 else " and samples_per_prompt"
+            raise BenchError(f"{name}: batch_size ({self.batch_size}) must equal prompts_per_step x samples_per_prompt "
+                             f"({p} x {k}); DDPO's batch is derived: set {name}.prompts_per_step{hint} instead")
+        self.stat_buffer = self.stat_buffer or 2 * k
+        self.stat_min_count = self.stat_min_count or k
+        super().resolve(name)
+        if self.stat_min_count > self.stat_buffer:
+            raise BenchError(f"{name}: stat_min_count ({self.stat_min_count}) above stat_buffer ({self.stat_buffer}) "
+                             f"would never use per-prompt statistics")
+        if self.batch_size % self.train_batch_size:
+            raise BenchError(f"{name}: batch_size ({self.batch_size}) must be a multiple of train_batch_size "
+                             f"({self.train_batch_size})")
 
 
 class DDPO(Method):
@@ -50,19 +108,18 @@ class DDPO(Method):
 
     def __init__(self, name, cfg: DDPOConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        if cfg.batch_size % cfg.train_batch_size:
-            raise BenchError(f"{name}: batch_size ({cfg.batch_size}) must be a multiple of train_batch_size "
-                             f"({cfg.train_batch_size})")
         self.tracker = PerPromptStatTracker(cfg.stat_buffer, cfg.stat_min_count)
 
     def step(self) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.batch_size
-        prompts = self.draw_prompts(n)
+        # (P*K,) global batch, grouped: [p_0] * K + [p_1] * K + …; sample() draws every row its own noise.
+        prompts = self.draw_prompt_groups(cfg.prompts_per_step, cfg.samples_per_prompt, cfg.prompt_replacement)
         rows = self.dist.rows(n)  # this process's trajectories (all of them in one process)
         traj = sample(self.policy, prompts, self.sampler, self.generator, grad=False, rows=rows)
         with torch.no_grad():
             reward = self.dist.gather_rows(self.reward(traj.images, traj.prompts), n)  # (B,) global batch
-        adv = clip_advantages(self.tracker.update(prompts, reward.cpu().numpy()), cfg.adv_clip_max)
+        adv, per_prompt = self.tracker.update_with_mask(prompts, reward.cpu().numpy())  # (B,), (B,) bool
+        adv = clip_advantages(adv, cfg.adv_clip_max)
         adv = torch.as_tensor(adv, dtype=torch.float32, device=reward.device)[rows.to(reward.device)]  # local
         steps, norms = traj.num_noisy_steps, []
         sums = dict.fromkeys(("loss", "approx_kl", "clipfrac", "terms"), 0.0)  # the same keys in every process
@@ -82,4 +139,4 @@ class DDPO(Method):
                                                        step_loss, sums))
         self.steps_done += 1
         return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if n > 1 else 0.0,
-                **self.mean_logs(sums, norms)}
+                "per_prompt_share": float(per_prompt.mean()), **self.mean_logs(sums, norms)}

@@ -103,7 +103,9 @@ class PerPromptStatTracker:
 
     Each prompt keeps its last `buffer_size` rewards. update() first appends the batch's rewards to their
     prompts' buffers, then normalises each reward with its prompt's buffer statistics once that buffer holds
-    at least `min_count` rewards, and with the whole batch's statistics before that.
+    at least `min_count` rewards, and with the whole batch's statistics before that. The batch fallback mostly
+    measures "was this an easy prompt", so how often it happens matters: update_with_mask says which rewards
+    got which (a batch of groups of >= min_count samples per prompt never falls back).
     """
 
     def __init__(self, buffer_size: int, min_count: int) -> None:
@@ -115,6 +117,11 @@ class PerPromptStatTracker:
 
     def update(self, prompts: list[str], rewards: np.ndarray | Tensor) -> np.ndarray:
         """Advantages (r - mean) / (std + 1e-6), float64, shape (B,), for rewards of shape (B,)."""
+        return self.update_with_mask(prompts, rewards)[0]
+
+    def update_with_mask(self, prompts: list[str], rewards: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(advantages, per_prompt), both (B,): the advantages of update(), and a bool mask, True where a
+        reward was normalised with its own prompt's statistics, False where with the batch's."""
         if isinstance(rewards, Tensor):
             rewards = rewards.detach().cpu().numpy()
         rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)  # (B,)
@@ -122,13 +129,16 @@ class PerPromptStatTracker:
             raise ValueError(f"{len(prompts)} prompts but {len(rewards)} rewards")
         prompt_array = np.asarray(prompts, dtype=object)
         advantages = np.empty_like(rewards)
+        per_prompt = np.zeros(rewards.shape, dtype=bool)
         for prompt in dict.fromkeys(prompts):  # unique, in first-seen order
             mask = prompt_array == prompt
             buffer = self.stats.setdefault(prompt, deque(maxlen=self.buffer_size))
             buffer.extend(rewards[mask].tolist())
-            source = np.asarray(buffer) if len(buffer) >= self.min_count else rewards
+            own = len(buffer) >= self.min_count
+            source = np.asarray(buffer) if own else rewards
             advantages[mask] = (rewards[mask] - source.mean()) / (source.std() + 1e-6)
-        return advantages
+            per_prompt[mask] = own
+        return advantages, per_prompt
 
     def get_stats(self) -> dict[str, dict[str, float]]:
         """Per-prompt mean, std and count of the buffered rewards (for logging)."""

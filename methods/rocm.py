@@ -7,36 +7,92 @@ The image is a differentiable function of θ through every sampling step (repara
 fixed noise, per-step checkpointing), so the reward must be differentiable. Both policies at a step share
 σ_k, so D_f depends only on δ_k = ‖μ_θ - μ_ref‖ / σ_k (methods/divergences.py). `divergence="none"` (β = 0)
 is unregularised ROCM — DRaFT/AlignProp on an LCM — the ablation that shows reward hacking.
+
+Logged per step besides the reward and the loss: `per_dim` (the resolved form of δ, 0 or 1) and, when
+regularised, `delta_k0`, `delta_k1`, … (the batch mean of the whole-vector δ_k at each noisy step k), so a
+regulariser that saturates (a bounded divergence past δ of a few units) or explodes (chi2) is visible.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from bench.distributed import Dist
 from bench.errors import BenchError, unknown_name
-from bench.method import Method, TrainConfig
+from bench.method import Knob, Method, TrainConfig
 from bench.reward import require_differentiable
 from bench.sampler import sample
-from methods.divergences import DIVERGENCES, gaussian_divergence, step_weights
+from methods.divergences import (
+    DIVERGENCES,
+    STEP_WEIGHT_MODES,
+    gaussian_divergence,
+    per_dim_default,
+    step_weights,
+    whole_vector_delta,
+)
+
+PER_DIM_SETTINGS = {"auto": None, "true": True, "false": False}
 
 
 @dataclass
 class ROCMConfig(TrainConfig):
+    """ROCM's fields; one config serves every divergence entry of the registry (bench/registry.py).
+
+    Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log) and beta, relative (RELATIVE_KNOBS): 0.1x to 10x the entry's
+    β, log-uniform, because β's scale differs by orders of magnitude between divergences and between the
+    whole-vector and per-dimension forms. When the per-dimension form is in effect and the sweep passes the
+    latent size D, the range is centred on D x the entry's β instead (the small-δ match: per-dim values are
+    ~1/D of whole-vector ones); this is where a sweep starts, not a tuned value. rocm-none's β is fixed at 0,
+    so it is swept on lr alone.
+    """
+
+    KNOBS: ClassVar[dict[str, Knob]] = TrainConfig.KNOBS | {"beta": Knob(0.1, 10.0, log=True)}
+    RELATIVE_KNOBS: ClassVar[frozenset[str]] = frozenset({"beta"})
+
     divergence: str = "kl"
     """f-divergence between per-step policies: kl, js, hellinger, tv, chi2, or none (β must be 0)."""
     beta: float = 1.0
-    """Regularisation weight β (scales differ per divergence: always read it next to the divergence)."""
-    per_dim: bool = False
-    """False: δ over the whole latent vector; True: per-dimension δ_i, divergence averaged over dimensions
-    (keeps bounded divergences — js, hellinger, tv — from saturating on large latents)."""
+    """Regularisation weight β (scales differ per divergence and per form of δ: always read it next to both)."""
+    per_dim: str = "auto"
+    """"false": δ over the whole latent vector; "true": per-dimension δ_i, divergence averaged over dimensions
+    (values ~1/D as large for D dimensions, so β must be swept per form); "auto": per-dimension for the
+    bounded divergences (js, hellinger, tv) on latents of more than 1024 dimensions, where the whole-vector
+    form saturates after a tiny drift (real 4x64x64 latents), whole-vector otherwise (the testbed's 768)."""
     step_weighting: str = "uniform"
     """Step weights w_k: "uniform", or "normalized" (cancels KL's ᾱ/(1-ᾱ) factor so every step counts alike)."""
     detach_state: bool = False
     """Detach the state fed to the reference model in the regulariser (False: gradients flow through it)."""
     lr: float = 3e-3
+
+    def resolve(self, name: str) -> None:
+        super().resolve(name)
+        if self.divergence != "none" and self.divergence not in DIVERGENCES:
+            raise unknown_name("divergence", self.divergence, [*DIVERGENCES, "none"])
+        if self.divergence == "none" and self.beta != 0:
+            raise BenchError(f"{name}: divergence 'none' needs beta = 0, got {self.beta}")
+        if self.beta < 0:
+            raise BenchError(f"{name}: beta must be >= 0, got {self.beta}")
+        if str(self.per_dim).lower() not in PER_DIM_SETTINGS:
+            raise unknown_name(f"{name}.per_dim setting", str(self.per_dim), list(PER_DIM_SETTINGS))
+        if self.step_weighting not in STEP_WEIGHT_MODES:
+            raise unknown_name("step weight mode", self.step_weighting, list(STEP_WEIGHT_MODES))
+
+    def uses_per_dim(self, latent_dims: int | None) -> bool:
+        """The resolved form of δ on a latent of `latent_dims` dimensions ("auto" with None: whole-vector)."""
+        setting = PER_DIM_SETTINGS.get(str(self.per_dim).lower())
+        if setting is None:
+            return latent_dims is not None and per_dim_default(self.divergence, latent_dims)
+        return setting
+
+    def knob_scale(self, field: str, latent_dims: int | None) -> float:
+        scale = super().knob_scale(field, latent_dims)
+        if field == "beta" and latent_dims is not None and self.uses_per_dim(latent_dims):
+            return scale * latent_dims
+        return scale
 
 
 class ROCM(Method):
@@ -48,13 +104,8 @@ class ROCM(Method):
     def __init__(self, name, cfg: ROCMConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
         require_differentiable(reward, name)
-        if cfg.divergence != "none" and cfg.divergence not in DIVERGENCES:
-            raise unknown_name("divergence", cfg.divergence, [*DIVERGENCES, "none"])
-        if cfg.divergence == "none" and cfg.beta != 0:
-            raise BenchError(f"{name}: divergence 'none' needs beta = 0, got {cfg.beta}")
-        if cfg.beta < 0:
-            raise BenchError(f"{name}: beta must be >= 0, got {cfg.beta}")
         self.regularised = cfg.divergence != "none" and cfg.beta > 0
+        self.per_dim = cfg.uses_per_dim(math.prod(policy.latent_shape))
 
     def step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -63,16 +114,18 @@ class ROCM(Method):
                       with_reference=self.regularised, detach_reference_state=cfg.detach_state, rows=rows)
         reward = self.reward(traj.images, traj.prompts)  # (B,), differentiable w.r.t. θ through every step
         divergence = torch.zeros_like(reward)  # (B,) Σ_k w_k D_f at the visited states
+        deltas = {}  # delta_k{k}: batch mean of the whole-vector δ_k, whatever form the regulariser uses
         if self.regularised:
             weights = step_weights(traj.schedule.alpha_bar_prev, cfg.step_weighting).to(reward)  # (N-1,)
             for k in range(traj.num_noisy_steps):
-                d = gaussian_divergence(cfg.divergence, traj.means[:, k], traj.ref_means[:, k],
-                                        traj.schedule.sigmas[k].item(), per_dim=cfg.per_dim)
+                mean, ref, sigma = traj.means[:, k], traj.ref_means[:, k], traj.schedule.sigmas[k].item()
+                d = gaussian_divergence(cfg.divergence, mean, ref, sigma, per_dim=self.per_dim)  # (B,)
                 divergence = divergence + weights[k] * d
+                deltas[f"delta_k{k}"] = whole_vector_delta(mean, ref, sigma).mean().item()
         loss = -(reward - cfg.beta * divergence).mean()
         self.backward(loss, self.dist.share(len(rows), cfg.batch_size))
         grad_norm = self.update()
         self.steps_done += 1
         logs = self.dist.mean({"reward_mean": reward.mean().item(), "divergence": divergence.mean().item(),
-                               "loss": loss.item()})
-        return logs | {"grad_norm": grad_norm}
+                               "loss": loss.item(), **deltas})
+        return logs | {"grad_norm": grad_norm, "per_dim": float(self.per_dim)}

@@ -1,4 +1,5 @@
-"""Tests of methods/divergences.py: closed forms, numerical integrals, Monte Carlo, gradients at delta = 0."""
+"""Tests of methods/divergences.py: closed forms, numerical integrals, Monte Carlo, gradients at delta = 0, chi2's
+linear continuation, the per-dimension default; and ROCM on the tiny model (chi2 at huge drift, its logs)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ from scipy.stats import norm
 
 from bench.errors import BenchError
 from methods.divergences import (
-    CHI2_MAX_D2,
+    CHI2_LINEAR_D2,
     DIVERGENCES,
     JS_SERIES_MAX_D2,
+    PER_DIM_AUTO_MAX_DIMS,
+    chi2,
     gaussian_divergence,
     js,
+    per_dim_default,
     step_weights,
+    whole_vector_delta,
 )
 
 # The f of each divergence, as in METHODS.md section 2 (numpy, u = likelihood ratio).
@@ -63,6 +68,10 @@ def d2_tensor(delta: float) -> torch.Tensor:
 @pytest.mark.parametrize("delta", DELTAS)
 def test_closed_forms_match_formula_and_integral(name: str, delta: float) -> None:
     value = float(DIVERGENCES[name](d2_tensor(delta)))
+    if name == "chi2" and delta**2 > CHI2_LINEAR_D2:  # the linear continuation (tested further below)
+        t = CHI2_LINEAR_D2
+        assert value == pytest.approx(math.expm1(t) + math.exp(t) * (delta**2 - t), rel=1e-12)
+        return
     assert value == pytest.approx(CLOSED_FORM[name](delta), rel=1e-12, abs=1e-14)
     assert value == pytest.approx(f_integral(name, delta), rel=1e-7, abs=1e-10)
 
@@ -179,12 +188,73 @@ def test_js_gradient_near_zero_is_one_eighth() -> None:
     torch.testing.assert_close(d2.grad, torch.full((3,), 0.125), rtol=1e-3, atol=0)
 
 
-def test_chi2_is_clamped() -> None:
-    d2 = torch.tensor([CHI2_MAX_D2 + 1, 1000.0], dtype=torch.float64, requires_grad=True)
-    value = DIVERGENCES["chi2"](d2)
-    torch.testing.assert_close(value, torch.full((2,), math.expm1(CHI2_MAX_D2), dtype=torch.float64))
+def test_chi2_is_expm1_exactly_up_to_the_threshold() -> None:
+    d2 = torch.cat([torch.linspace(0, CHI2_LINEAR_D2, 1001, dtype=torch.float64), torch.tensor([1e-30, 1e-8])])
+    assert torch.equal(chi2(d2), torch.expm1(d2))
+    assert torch.equal(chi2(d2.float()), torch.expm1(d2.float()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chi2_value_and_gradient_finite_and_positive_at_huge_drift(dtype: torch.dtype) -> None:
+    # exp(d2) overflows float32 at d2 ~ 88; the old clamp at 50 had zero gradient above it.
+    d2 = torch.tensor([10.0, 40.0, 100.0, 1e4, 1e8], dtype=dtype, requires_grad=True)
+    value = chi2(d2)
     value.sum().backward()
-    assert torch.all(d2.grad == 0)
+    assert torch.isfinite(value).all() and (value > 0).all()
+    assert torch.isfinite(d2.grad).all() and (d2.grad > 0).all()
+    assert float(value.detach().diff().min()) > 0  # still increasing: a drifted policy is pulled back
+    # Above the threshold the slope is that of exp at T (the tangent continuation).
+    torch.testing.assert_close(d2.grad[1:], torch.full((4,), math.exp(CHI2_LINEAR_D2), dtype=dtype))
+    tangent_at_100 = math.expm1(CHI2_LINEAR_D2) + math.exp(CHI2_LINEAR_D2) * (100 - CHI2_LINEAR_D2)
+    assert float(value[2].detach()) == pytest.approx(tangent_at_100, rel=1e-6)
+
+
+def test_chi2_value_and_slope_continuous_at_the_threshold() -> None:
+    eps = 1e-7
+    d2 = torch.tensor([CHI2_LINEAR_D2 - eps, CHI2_LINEAR_D2, CHI2_LINEAR_D2 + eps], dtype=torch.float64,
+                      requires_grad=True)
+    value = chi2(d2)
+    (grad,) = torch.autograd.grad(value.sum(), d2)
+    below, at, above = value.tolist()
+    assert above - at == pytest.approx(at - below, rel=1e-6)  # no jump, the same slope on both sides
+    torch.testing.assert_close(grad, torch.full((3,), math.exp(CHI2_LINEAR_D2), dtype=torch.float64), rtol=1e-6,
+                               atol=0)
+    assert torch.autograd.gradcheck(chi2, (torch.tensor([12.0, 50.0, 1e3], dtype=torch.float64,
+                                                        requires_grad=True),))
+
+
+def test_chi2_gradient_wrt_means_finite_on_a_large_latent() -> None:
+    # A 4x64x64 latent drifted by sigma per coordinate: whole-vector d2 = 16384.
+    mean_ref = torch.zeros(2, 4, 64, 64)
+    mean = (mean_ref + 0.5).requires_grad_(True)
+    value = gaussian_divergence("chi2", mean, mean_ref, 0.5)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(mean.grad).all() and (mean.grad > 0).all()
+
+
+def test_per_dim_default_only_for_bounded_divergences_on_large_latents() -> None:
+    testbed, sd = 3 * 16 * 16, 4 * 64 * 64
+    assert testbed <= PER_DIM_AUTO_MAX_DIMS < sd
+    for name in DIVERGENCES:
+        assert per_dim_default(name, testbed) is False
+        assert per_dim_default(name, sd) is (name in ("js", "hellinger", "tv"))
+    # Why: on the SD latent a drift of 0.05 sigma per coordinate already saturates whole-vector hellinger
+    # (d2 = 41, value within 0.6% of its bound 2), while the per-dimension form is far from its bound.
+    mean_ref = torch.zeros(1, 4, 64, 64, dtype=torch.float64)
+    whole = gaussian_divergence("hellinger", mean_ref + 0.05, mean_ref, 1.0)
+    per_dim = gaussian_divergence("hellinger", mean_ref + 0.05, mean_ref, 1.0, per_dim=True)
+    assert float(whole) > 0.99 * 2 and float(per_dim) < 1e-3
+
+
+def test_whole_vector_delta() -> None:
+    gen = torch.Generator().manual_seed(5)
+    mean, mean_ref = torch.randn(3, 2, 4, generator=gen), torch.randn(3, 2, 4, generator=gen)
+    sigma = torch.tensor([0.5, 1.0, 2.0])
+    expected = (mean - mean_ref).flatten(1).norm(dim=1) / sigma
+    torch.testing.assert_close(whole_vector_delta(mean, mean_ref, sigma), expected)
+    torch.testing.assert_close(whole_vector_delta(mean, mean_ref, 0.5), (mean - mean_ref).flatten(1).norm(dim=1) / 0.5)
+    d2 = whole_vector_delta(mean, mean_ref, sigma) ** 2  # consistent with the divergences' d2: kl = d2 / 2
+    torch.testing.assert_close(gaussian_divergence("kl", mean, mean_ref, sigma), d2 / 2)
 
 
 def test_half_precision_inputs_computed_in_float32() -> None:
@@ -211,3 +281,45 @@ def test_unknown_names_raise_bench_error_with_hint() -> None:
         gaussian_divergence("helinger", mean, mean, 1.0)
     with pytest.raises(BenchError, match="did you mean 'normalized'"):
         step_weights(torch.tensor([0.5]), "normalised")
+
+
+# ---- ROCM on the tiny model ------------------------------------------------------------------------------------
+def rocm(policy, prompts, **fields):
+    from bench.sampler import SamplerConfig
+    from methods.rocm import ROCM, ROCMConfig
+    from rewards.toy import Brightness
+
+    return ROCM("rocm-test", ROCMConfig(batch_size=2, **fields), policy, SamplerConfig(steps=4), Brightness(),
+                prompts, torch.Generator().manual_seed(0))
+
+
+def test_rocm_chi2_at_huge_beta_and_lr_keeps_finite_gradients(tiny_policy, train_prompts) -> None:
+    # With the old clamp (value exp(50) - 1 above d2 = 50) this configuration stopped with "non-finite gradient"
+    # at step 2: lr = 1 throws the policy far from the reference, and beta exp(d2) did the rest.
+    algo = rocm(tiny_policy, train_prompts, divergence="chi2", beta=1000.0, lr=1.0)
+    logs = [algo.step() for _ in range(4)]
+    assert all(math.isfinite(log["grad_norm"]) and math.isfinite(log["loss"]) for log in logs)
+    # The drift really reached the linear continuation (delta^2 above its threshold on some step).
+    assert max(log[f"delta_k{k}"] for log in logs for k in range(3)) ** 2 > CHI2_LINEAR_D2
+    assert all(torch.isfinite(p).all() for p in tiny_policy.trainable_parameters())
+
+
+def test_rocm_logs_resolved_per_dim_and_step_deltas(tiny_policy, train_prompts) -> None:
+    from methods.rocm import ROCMConfig
+
+    auto = rocm(tiny_policy, train_prompts, divergence="js", beta=40.0)  # tiny: 3x16x16 = 768 dims
+    assert auto.per_dim is False
+    logs = auto.step()
+    assert logs["per_dim"] == 0.0
+    assert {f"delta_k{k}" for k in range(3)} <= set(logs) and "delta_k3" not in logs
+    assert all(logs[f"delta_k{k}"] == 0.0 for k in range(3))  # step 1: LoRA starts at zero
+    assert rocm(tiny_policy, train_prompts, divergence="js", beta=40.0, per_dim="true").step()["per_dim"] == 1.0
+    assert ROCMConfig(divergence="js").uses_per_dim(4 * 64 * 64) is True
+    assert ROCMConfig(divergence="js", per_dim="false").uses_per_dim(4 * 64 * 64) is False
+    assert ROCMConfig(divergence="kl").uses_per_dim(4 * 64 * 64) is False
+    assert "delta_k0" not in rocm(tiny_policy, train_prompts, divergence="none", beta=0.0).step()
+
+
+def test_rocm_rejects_a_bad_per_dim_setting(tiny_policy, train_prompts) -> None:
+    with pytest.raises(BenchError, match="did you mean 'true'"):
+        rocm(tiny_policy, train_prompts, divergence="js", per_dim="ture")

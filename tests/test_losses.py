@@ -139,3 +139,34 @@ def test_stat_tracker_state_round_trip() -> None:
 def test_stat_tracker_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError):
         PerPromptStatTracker(4, 2).update(["a"], np.array([1.0, 2.0]))
+
+
+def test_stat_tracker_mask_says_which_statistics_were_used() -> None:
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=3)
+    # The same sequence as the fallback test above: the mask follows each prompt's buffer length.
+    adv, own = tracker.update_with_mask(["a", "a", "b"], np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(own, [False, False, False])
+    np.testing.assert_allclose(adv, normalise([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]))
+    adv, own = tracker.update_with_mask(["a", "b"], torch.tensor([3.0, 5.0]))
+    np.testing.assert_array_equal(own, [True, False])
+    assert own.dtype == bool and own.shape == (2,)
+    # update() is update_with_mask()'s advantages.
+    twin = PerPromptStatTracker(buffer_size=4, min_count=3)
+    twin.load_state_dict(tracker.state_dict())
+    batch = (["b", "a", "c"], np.array([0.0, 4.0, 1.0]))
+    adv, own = tracker.update_with_mask(*batch)
+    np.testing.assert_array_equal(twin.update(*batch), adv)
+    np.testing.assert_array_equal(own, [True, True, False])
+
+
+def test_stat_tracker_groups_of_min_count_use_their_own_statistics_at_once() -> None:
+    # P = 3 prompts x K = 4 samples with min_count = K: each group is normalised by itself on its first visit.
+    tracker = PerPromptStatTracker(buffer_size=8, min_count=4)
+    prompts = [p for p in "xyz" for _ in range(4)]
+    rewards = np.arange(12.0) ** 1.5
+    adv, own = tracker.update_with_mask(prompts, rewards)
+    assert own.all()
+    for g in range(3):
+        group = rewards[4 * g:4 * g + 4]
+        np.testing.assert_allclose(adv[4 * g:4 * g + 4], normalise(list(group), list(group)))
+        assert abs(adv[4 * g:4 * g + 4].sum()) < 1e-9  # a per-prompt baseline: zero-sum within the group
