@@ -177,6 +177,7 @@ def validate(suite: SuiteConfig) -> None:
         reward_class(r)
     for m in suite.methods:
         cls, cfg = method_config(m, suite)
+        cfg.resolve(m)  # field combinations (e.g. DDPO's batch = prompts x samples) before any run starts
         for r in suite.rewards:
             if cls.first_order and not reward_class(r).differentiable:
                 raise BenchError(f"method '{m}' back-propagates through the reward, but reward '{r}' is not "

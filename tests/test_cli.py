@@ -21,7 +21,8 @@ BENCH = [sys.executable, "-m", "bench.cli"]
 SMALL = ["--set", "eval.points=2", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
          "--set", "eval.min_images=0",
          "--set", "ddpo.train_batch_size=4", "--set", "d3po.train_batch_size=2",
-         "--set", "method.batch_size=4", "--model", "tiny", "--no-progress"]
+         "--set", "method.batch_size=4", "--set", "ddpo.prompts_per_step=2", "--set", "ddpo.samples_per_prompt=2",
+         "--model", "tiny", "--no-progress"]
 ALL_METHODS = "rocm-kl,rocm-js,rocm-hellinger,rocm-tv,rocm-chi2,rocm-none,ddpo,d3po"
 
 
@@ -70,7 +71,7 @@ def test_every_method_runs_and_the_report_renders(tmp_path):
 def small_suite(methods, budget="150nfe"):
     s = SuiteConfig(methods=methods, rewards=["brightness"], seeds=[3], budget=Budget.parse(budget))
     apply_sets(s, ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
-                   "method.batch_size=4",
+                   "method.batch_size=4", "ddpo.prompts_per_step=2", "ddpo.samples_per_prompt=2",
                    "ddpo.train_batch_size=4", "d3po.train_batch_size=2"])
     return s
 
@@ -124,8 +125,8 @@ def one_line_error(p, match):
     (["run", "--methods", "rocm-kl", "--rewards", "jpeg-compressibility"], "not differentiable"),
     (["run", "--set", "sampler.stepz=2"], "did you mean 'sampler.steps'"),
     (["run", "--seeds", "0,zero"], "bad --seeds"),
-    (["run", "--set", "eval.splits=train,heldout"], "did you mean 'test'"),
-    (["run", "--set", "prompts.heldout=x.txt"], "did you mean 'prompts.test'"),
+    (["run", "--set", "eval.splits=train,heldout"], "unknown eval split 'heldout'"),
+    (["run", "--set", "prompts.heldout=x.txt"], "available: prompts.set, prompts.test"),
     (["run", "--set", "eval.min_images=-1"], "eval.min_images must be >= 0"),
     (["run", "--set", "prompts.test=/nonexistent/prompts.txt"], "prompt file not found"),
     (["report", "/nonexistent/suite"], "not found"),

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 ARGS = ["run", "--model", "tiny", "--methods", "rocm-kl,ddpo,d3po", "--rewards", "brightness", "--budget", "200nfe",
         "--no-progress",
         "--set", "eval.points=1", "--set", "eval.max_prompts=2", "--set", "eval.min_images=0",
-        "--set", "method.batch_size=8",
+        "--set", "method.batch_size=8", "--set", "ddpo.prompts_per_step=2", "--set", "ddpo.samples_per_prompt=4",
         "--set", "ddpo.train_batch_size=4", "--set", "d3po.train_batch_size=2"]
 
 

@@ -9,7 +9,7 @@ import math
 from bench.perf import run_perf
 
 METHODS = ["rocm-kl", "ddpo", "d3po"]
-SMALL = ["method.batch_size=4", "ddpo.train_batch_size=2", "d3po.train_batch_size=1", "sampler.steps=2"]
+SMALL = ["method.batch_size=4", "ddpo.prompts_per_step=2", "ddpo.samples_per_prompt=2", "ddpo.train_batch_size=2", "d3po.train_batch_size=1", "sampler.steps=2"]
 
 
 def _positive(x) -> bool:
