@@ -4,54 +4,64 @@ Reads files only, through bench.results, and never imports torch: a report can b
 results copied off a GPU machine, also while the suite is still running. Everything goes into SUITE/report
 unless told otherwise, each file written atomically:
 
-- ``table.md``, ``table.csv``, ``table.tex``: one row per (method, training reward) over seeds; per metric the
-  held-out value at each run's last evaluation point, mean ± 95% CI over seeds (Student t, n-1 dof);
-- ``metric_<name>.png``: held-out value against compute, one line per (method, reward), 95% CI band;
-- ``overfitting.png``: the training reward on train prompts (solid) and held-out prompts (dashed);
-- ``reward_vs_divergence.png``: held-out training reward against the KL divergence from the base model;
+- ``table.md``, ``table.csv``, ``table.tex``: one row per (method, training reward) over seeds (see
+  bench.report_table): per metric the reported split's value at each run's last evaluation point, the peak of
+  the selection metric and the KL where it peaked, and the metrics hacked (bench.judge) in a majority of seeds;
+- ``frontier_<reward>.png``: every other metric against √KL from the base model, per seed (Gao et al. 2022);
+- ``metric_<name>.png``: the reported split's value against compute, one line per (method, reward), 95% CI band;
+- ``overfitting.png``: the training reward on train prompts (solid) and the reported split (dashed);
+- ``reward_vs_divergence.png``: the training reward on the reported split against the KL from the base model;
 - ``grid_<method>__<reward>.png``: the first seed's sample grids at the start, middle and end;
-- ``index.md``: the table, the plots, the suite manifest and a legend.
+- ``index.md``: the protocol, the table, the plots, the suite manifest and a legend.
 
 Decisions worth knowing:
+- The reported split is "test" when the suite has one (protocol 2), else "heldout" (protocol 1 folders), else
+  "validation" (a sweep trial); the legend names it. A suite's protocol is its manifest's "protocol" (absent: 1).
 - A run's "final" value is taken at its own last evaluation point, so an unfinished run counts where it
   stopped; its group is marked "incomplete" and the CSV gives the number of seeds behind each mean.
 - A run evaluated twice at one point (resumed after a crash) counts with the row written last.
 - Fractions are rounded to 4 decimals before seeds are aligned on them.
-- The x axis is NFE per sample when every run's budget is counted in NFE, otherwise device seconds.
+- The x axis is NFE per sample when every run's budget is counted in NFE, training FLOPs when every one is
+  counted in FLOPs (and the rows have them), otherwise device seconds.
 - A folder under runs/ without config.json (a run being created) is skipped with a note in index.md.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy import stats  # noqa: E402
+from bench import judge
+from bench.errors import BenchError
+from bench.registry import MODEL_DEFAULTS  # a plain dict module: imports no torch (test_report checks)
+from bench.report_plots import (Style, frontier_metrics, plot_frontier, plot_metric,
+                                plot_overfitting, plot_reward_vs_divergence, sample_grid, save_fig)
+from bench.report_table import GROUP, KL, build_table, display_table, latex_table, markdown_table
+from bench.report_table import mean_ci, pm as _pm, tex_escape  # noqa: F401 (re-exported: the old bench.report API)
+from bench.results import read_json, read_jsonl, write_bytes_atomic
 
-from bench.errors import BenchError  # noqa: E402
-from bench.results import read_json, read_jsonl, write_bytes_atomic  # noqa: E402
-
-GROUP = ["method", "reward"]
-KL = "kl-to-base"
 EVAL_NEEDED = ["fraction", "nfe", "seconds", "split", "metric", "higher_is_better", "value"]
-XLABEL = {"nfe": "compute (denoiser evaluations per sample, NFE)", "seconds": "compute (device seconds)"}
-XUNIT = {"nfe": "nfe", "seconds": "s"}
+EVAL_OPTIONAL = ["stderr", "flops", "budget_used", "n", "n_prompts", "n_images"]  # absent in older folders
+SPLIT_MEANING = {"test": "test prompts, used for neither training nor selection",
+                 "heldout": "held-out prompts of a protocol-1 folder, which has no test split",
+                 "validation": "validation prompts, which selection also used (a sweep trial): optimistic"}
 LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: mean over seeds ± the half-width of a 95% confidence "
           "interval (Student t, n-1 degrees of freedom); with one seed only the mean is shown. Metric values are "
-          "on held-out prompts at each run's last evaluation point; **bold** is the best mean of its column. "
-          "Compute is the mean over seeds of the final NFE per sample and device seconds.")
+          "on the reported split, **{split}** ({meaning}), at each run's last evaluation point. "
+          "**peak**: the best value of the selection metric ({select}) over each run's evaluation points, base "
+          "model included, and the {kl} where it occurred, mean over seeds: chosen on the reported split itself, "
+          "so it is an oracle early stop, an upper bound. **hacked**: the metrics that, in more than half of the "
+          "row's seeds, got worse from the base model to the last evaluation point while the training reward "
+          "improved by any amount (Gao et al. 2022), by more than 1.96·√(se₀² + se₁²), or, for a metric "
+          "without a standard error (set metrics: FID, diversity), by more than {rel:.0%} of its base value. "
+          "**Bold** is the best mean of its column among the rows not flagged hacked: a hacked row is never bold. "
+          "Compute is the mean over seeds of the final training compute.")
 
 
 def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
@@ -59,29 +69,49 @@ def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
     suite_dir = Path(suite_dir)
     out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
     runs, ev, notes = load_suite(suite_dir)
+    manifest = read_manifest(suite_dir, notes)
+    split = judge.reported_split(ev["split"].unique())
+    if split is None:
+        raise BenchError(f"no test, heldout or validation evaluation rows under {suite_dir / 'runs'}: "
+                         f"nothing to report")
     metrics = metric_order(ev, runs)
     hib = higher_is_better(ev)
-    xcol = "nfe" if (runs["budget_kind"] == "nfe").all() else "seconds"
-    table = build_table(runs, ev, metrics)
+    xcol = x_column(runs, ev)
+    select = selection_metrics(runs, ev, manifest)
+    table = build_table(runs, ev, metrics, split, select)
     header, cells, best = display_table(table, metrics, hib)
 
     written = [_write_text(out_dir / "table.csv", table.to_csv(index=False)),
                _write_text(out_dir / "table.md", markdown_table(header, cells, best)),
                _write_text(out_dir / "table.tex", latex_table(header, cells, best))]
     style = Style(runs)
-    plots = [_save_fig(plot_metric(ev, m, xcol, style, hib), out_dir / f"metric_{_safe(m)}.png") for m in metrics]
-    plots.append(_save_fig(plot_overfitting(ev, runs, xcol, style, hib), out_dir / "overfitting.png"))
-    if ((ev["metric"] == KL) & (ev["split"] == "heldout")).any():
-        plots.append(_save_fig(plot_reward_vs_divergence(ev, runs, style, hib), out_dir / "reward_vs_divergence.png"))
+    has_kl = ((ev["metric"] == KL) & (ev["split"] == split)).any()
+    frontiers = []
+    for reward in dict.fromkeys(runs["reward"]):
+        if has_kl and frontier_metrics(ev[ev["reward"] == reward], reward, split):
+            frontiers.append(save_fig(plot_frontier(ev, runs, reward, split, style, hib),
+                                      out_dir / f"frontier_{_safe(reward)}.png"))
+        else:
+            notes.append(f"frontier_{_safe(reward)}.png skipped: no `{KL}` or no metric other than the "
+                         f"training reward on the {split} split")
+    plots = [save_fig(plot_metric(ev, m, xcol, split, style, hib), out_dir / f"metric_{_safe(m)}.png")
+             for m in metrics]
+    plots.append(save_fig(plot_overfitting(ev, runs, xcol, split, style, hib), out_dir / "overfitting.png"))
+    if has_kl:
+        plots.append(save_fig(plot_reward_vs_divergence(ev, runs, split, style, hib),
+                              out_dir / "reward_vs_divergence.png"))
     else:
-        notes.append(f"reward_vs_divergence.png skipped: no held-out `{KL}` evaluation rows")
+        notes.append(f"reward_vs_divergence.png skipped: no `{KL}` evaluation rows on the {split} split")
     grids = []
     for (method, reward), g in runs.groupby(GROUP):
         fig = sample_grid(g.sort_values("seed").iloc[0], ev, xcol, notes)
         if fig is not None:
-            grids.append(_save_fig(fig, out_dir / f"grid_{_safe(method)}__{_safe(reward)}.png"))
-    written += plots + grids
-    index = index_markdown(suite_dir, header, cells, best, plots, grids, notes)
+            grids.append(save_fig(fig, out_dir / f"grid_{_safe(method)}__{_safe(reward)}.png"))
+    written += frontiers + plots + grids
+    legend = LEGEND.format(split=split, meaning=SPLIT_MEANING[split], kl=KL, rel=judge.REL_TOL,
+                           select=", ".join(f"{s} for {r}" for r, s in select.items() if s) or "none")
+    index = index_markdown(suite_dir, manifest, runs, markdown_table(header, cells, best), legend,
+                           frontiers, plots, grids, notes)
     written.append(_write_text(out_dir / "index.md", index))
     return written
 
@@ -109,12 +139,16 @@ def load_suite(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     missing = [k for k in EVAL_NEEDED if k not in ev.columns]
     if missing:
         raise BenchError(f"evaluation rows under {runs_dir} lack {', '.join(missing)}: written by another version?")
-    ev = ev[["run_id", *EVAL_NEEDED]].copy()
-    for k in ("fraction", "nfe", "seconds", "value"):
+    for k in EVAL_OPTIONAL:
+        if k not in ev.columns:
+            ev[k] = math.nan
+    ev = ev[["run_id", *EVAL_NEEDED, *EVAL_OPTIONAL]].copy()
+    for k in ("fraction", "nfe", "seconds", "value", "stderr", "flops", "budget_used"):
         ev[k] = pd.to_numeric(ev[k], errors="coerce")
     ev = ev.dropna(subset=["fraction"])
     ev["fraction"] = ev["fraction"].round(4)
     ev["metric"] = ev["metric"].astype(str)
+    ev["split"] = ev["split"].astype(str)
     ev = ev.drop_duplicates(["run_id", "fraction", "split", "metric"], keep="last")
     return runs, ev.merge(runs[["run_id", *GROUP, "seed"]], on="run_id"), notes
 
@@ -128,13 +162,24 @@ def _run_record(d: Path) -> dict[str, Any]:
         raise BenchError(f"bad run config {d / 'config.json'}: needs method, reward and an integer seed") from None
     budget = cfg.get("budget") if isinstance(cfg.get("budget"), dict) else {}
     mc = cfg.get("method_config") if isinstance(cfg.get("method_config"), dict) else {}
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     complete = (d / "summary.json").exists()
     last = read_json(d / "summary.json") if complete else (read_jsonl(d / "train.jsonl") or [{}])[-1]
     last = last if isinstance(last, dict) else {}
     return {"run_id": d.name, "method": method, "reward": reward, "seed": seed, "beta": mc.get("beta"),
+            "model": model.get("name"), "protocol": _num(cfg.get("protocol")),
             "budget_kind": budget.get("kind", "nfe"),
             "budget": str(budget.get("text") or f"{budget.get('amount', '?')} {budget.get('kind', '')}".strip()),
-            "complete": complete, "nfe": _num(last.get("nfe")), "seconds": _num(last.get("seconds")), "dir": d}
+            "complete": complete, "nfe": _num(last.get("nfe")), "seconds": _num(last.get("seconds")),
+            "flops": _num(last.get("flops")), "dir": d}
+
+
+def read_manifest(suite_dir: Path, notes: list[str]) -> dict:
+    if not (suite_dir / "manifest.json").exists():
+        notes.append("no manifest.json in the suite folder")
+        return {}
+    manifest = read_json(suite_dir / "manifest.json")
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def metric_order(ev: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -149,188 +194,48 @@ def higher_is_better(ev: pd.DataFrame) -> dict[str, bool]:
     return {m: bool(v) for m, v in known.groupby("metric")["higher_is_better"].last().items()}
 
 
-# --------------------------------------------------------------------------------------------------- table
-
-def mean_ci(values: Any) -> tuple[float, float, int]:
-    """(mean, half-width of the 95% Student-t CI, n) over the finite values; the CI is NaN below 2 values."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return (float(v[0]) if len(v) else math.nan), math.nan, len(v)
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))), len(v)
-
-
-def build_table(runs: pd.DataFrame, ev: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """The machine-readable table (table.csv): numeric mean, CI and n columns per metric."""
-    held = ev[ev["split"] == "heldout"]
-    final = held.loc[held.groupby(["run_id", "metric"])["fraction"].idxmax()]
-    rows = []
-    for (method, reward), g in runs.groupby(GROUP):
-        done = int(g["complete"].sum())
-        row = {"method": method, "reward": reward, "beta": _join(g["beta"]), "budget": _join(g["budget"]),
-               "seeds": len(g),
-               "status": "complete" if done == len(g) else f"incomplete ({len(g) - done}/{len(g)} unfinished)"}
-        mine = final[(final["method"] == method) & (final["reward"] == reward)]
-        for m in metrics:
-            row[f"{m}_mean"], row[f"{m}_ci95"], row[f"{m}_n"] = mean_ci(mine.loc[mine["metric"] == m, "value"])
-        row["compute_nfe_mean"], row["compute_seconds_mean"] = g["nfe"].mean(), g["seconds"].mean()
-        rows.append(row)
-    return pd.DataFrame(rows)
+def x_column(runs: pd.DataFrame, ev: pd.DataFrame) -> str:
+    """The compute axis: the budget's own counter when every run shares it, else device seconds."""
+    kinds = set(runs["budget_kind"])
+    if kinds == {"nfe"}:
+        return "nfe"
+    if kinds == {"flops"} and ev["flops"].notna().any():
+        return "flops"
+    return "seconds"
 
 
-def display_table(table: pd.DataFrame, metrics: list[str], hib: dict[str, bool]):
-    """(header, cells, best): text cells shared by Markdown and LaTeX; best holds (row, column) to bold."""
-    header = ["method", "reward", "beta", "budget", "seeds", "status", *(_ylabel(m, hib) for m in metrics), "compute"]
-    cells = [[r["method"], r["reward"], r["beta"] or "–", r["budget"], str(r["seeds"]), r["status"]]
-             + [_pm(r[f"{m}_mean"], r[f"{m}_ci95"]) for m in metrics]
-             + [_compute(r["compute_nfe_mean"], r["compute_seconds_mean"])] for r in table.to_dict("records")]
-    best = set()
-    for j, m in enumerate(metrics):
-        means = table[f"{m}_mean"]
-        if means.notna().any():
-            target = means.max() if hib.get(m, True) else means.min()
-            best |= {(i, 6 + j) for i in np.flatnonzero(np.isclose(means, target))}
-    return header, cells, best
+def selection_metrics(runs: pd.DataFrame, ev: pd.DataFrame, manifest: dict) -> dict[str, str | None]:
+    """Per training reward, the metric the peak column reports (bench.judge.selection_metric): the model's
+    MODEL_DEFAULTS "select" unless it is that reward or was not evaluated, else the first other metric."""
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    model = (config.get("model") or {}).get("name") if isinstance(config.get("model"), dict) else None
+    model = model or next((m for m in runs["model"] if isinstance(m, str)), None)
+    preferred = MODEL_DEFAULTS.get(model, {}).get("select") if model else None
+    return {r: judge.selection_metric(r, metric_order(ev[ev["reward"] == r], runs), preferred)
+            for r in dict.fromkeys(runs["reward"])}
 
 
-def markdown_table(header: list[str], cells: list[list[str]], best: set) -> str:
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    for i, row in enumerate(cells):
-        lines.append("| " + " | ".join(f"**{esc(c)}**" if (i, j) in best else esc(c)
-                                        for j, c in enumerate(row)) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def tex_escape(s: str) -> str:
-    s = re.sub(r"([_%&#$])", r"\\\1", s)
-    for a, b in (("±", r"$\pm$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("–", "--")):
-        s = s.replace(a, b)
-    return s
-
-
-def latex_table(header: list[str], cells: list[list[str]], best: set) -> str:
-    """A booktabs table written by hand (needs \\usepackage{booktabs})."""
-    body = [" & ".join(rf"\textbf{{{tex_escape(c)}}}" if (i, j) in best else tex_escape(c)
-                       for j, c in enumerate(row)) + r" \\" for i, row in enumerate(cells)]
-    return "\n".join([r"% generated by bench report; needs \usepackage{booktabs}",
-                      r"\begin{tabular}{" + "l" * 4 + "r" + "l" + "r" * (len(header) - 6) + "}", r"\toprule",
-                      " & ".join(map(tex_escape, header)) + r" \\", r"\midrule", *body, r"\bottomrule",
-                      r"\end{tabular}"]) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------- plots
-
-class Style:
-    """One colour per method (the same in every figure), one line style per training reward."""
-
-    def __init__(self, runs: pd.DataFrame):
-        self.colour = {m: f"C{i % 10}" for i, m in enumerate(sorted(runs["method"].unique()))}
-        rewards = sorted(runs["reward"].unique())
-        self.dash = {r: ["-", "--", ":", "-."][i % 4] for i, r in enumerate(rewards)}
-        self.several_rewards = len(rewards) > 1
-        self.incomplete = set(runs.loc[~runs["complete"], GROUP].itertuples(index=False, name=None))
-
-    def __call__(self, method: str, reward: str) -> dict[str, str]:
-        label = f"{method} ({reward})" if self.several_rewards else method
-        label += " [incomplete]" if (method, reward) in self.incomplete else ""
-        return {"color": self.colour[method], "linestyle": self.dash[reward], "label": label}
-
-
-def curves(ev: pd.DataFrame, split: str, metric: str, xcol: str) -> dict[tuple[str, str], pd.DataFrame]:
-    """Per (method, reward): at each fraction the mean compute, mean value and CI half-width over seeds."""
-    sub = ev[(ev["split"] == split) & (ev["metric"] == metric)]
-    out = {}
-    for key, g in sub.groupby(GROUP):
-        rows = [{"fraction": f, "x": gf[xcol].mean(), **dict(zip(("mean", "ci", "n"), mean_ci(gf["value"])))}
-                for f, gf in g.groupby("fraction")]
-        out[key] = pd.DataFrame(rows)
-    return out
-
-
-def plot_metric(ev, metric: str, xcol: str, style: Style, hib: dict[str, bool]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    for (method, reward), c in curves(ev, "heldout", metric, xcol).items():
-        s = style(method, reward)
-        ax.plot(c["x"], c["mean"], marker="o", **s)
-        ax.fill_between(c["x"], c["mean"] - c["ci"], c["mean"] + c["ci"], color=s["color"], alpha=0.18, lw=0)
-    ax.set(xlabel=XLABEL[xcol], ylabel=_ylabel(metric, hib), title=f"{metric} on held-out prompts (95% CI band)")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="small")
-    return fig
-
-
-def plot_overfitting(ev, runs, xcol: str, style: Style, hib: dict[str, bool]) -> plt.Figure:
-    rewards = sorted(runs["reward"].unique())
-    fig, axes = plt.subplots(1, len(rewards), figsize=(6.4 * len(rewards), 4.4), layout="constrained", squeeze=False)
-    for ax, reward in zip(axes[0], rewards):
-        for split, dash in (("train", "-"), ("heldout", "--")):
-            for (method, r), c in curves(ev, split, reward, xcol).items():
-                if r == reward:
-                    ax.plot(c["x"], c["mean"], marker="o", color=style.colour[method], linestyle=dash)
-        handles = [Line2D([], [], color=style.colour[m], label=m) for m in sorted(runs.loc[runs.reward == reward,
-                                                                                           "method"].unique())]
-        handles += [Line2D([], [], color="k", linestyle=d, label=f"{s} prompts") for s, d in
-                    (("train", "-"), ("held-out", "--"))]
-        ax.legend(handles=handles, fontsize="small")
-        ax.set(xlabel=XLABEL[xcol], ylabel=_ylabel(reward, hib), title=f"trained on {reward}: train vs held-out")
-        ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_reward_vs_divergence(ev, runs, style: Style, hib: dict[str, bool]) -> plt.Figure:
-    rewards = sorted(runs["reward"].unique())
-    fig, axes = plt.subplots(1, len(rewards), figsize=(6.4 * len(rewards), 4.4), layout="constrained", squeeze=False)
-    kl = curves(ev, "heldout", KL, "nfe")
-    for ax, reward in zip(axes[0], rewards):
-        for (method, r), c in curves(ev, "heldout", reward, "nfe").items():
-            if r != reward or (method, r) not in kl:
-                continue
-            both = c.merge(kl[(method, r)], on="fraction", suffixes=("", "_kl"))
-            ax.plot(both["mean_kl"], both["mean"], marker="o", color=style.colour[method], label=method)
-        ax.set(xlabel=f"{KL} (KL divergence from the base model)", ylabel=_ylabel(reward, hib),
-               title=f"trained on {reward}: held-out reward vs divergence")
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small")
-    return fig
-
-
-def sample_grid(run: pd.Series, ev: pd.DataFrame, xcol: str, notes: list[str]) -> plt.Figure | None:
-    """Start, middle and end sample grids of one run side by side, or None (with a note) if there are none."""
-    files = {float(m[1]): p for p in (run["dir"] / "samples").glob("frac*.png")
-             if (m := re.fullmatch(r"frac(\d+(?:\.\d+)?)", p.stem))}
-    if not files:
-        notes.append(f"no sample grids in `runs/{run['run_id']}/samples`")
-        return None
-    fr = sorted(files)
-    picks: dict[float, str] = {}
-    for f, label in ((fr[0], "start"), (min(fr, key=lambda f: abs(f - 0.5)), "middle"), (fr[-1], "end")):
-        picks.setdefault(f, label)
-    mine = ev[ev["run_id"] == run["run_id"]]
-    try:
-        images = {f: _read_image(files[f]) for f in picks}
-    except OSError as e:
-        notes.append(f"sample grids of `runs/{run['run_id']}` unreadable: {e}")
-        return None
-    height = 4 * max(im.shape[0] / im.shape[1] for im in images.values()) + 0.9
-    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), height), layout="constrained", squeeze=False)
-    for ax, (f, label) in zip(axes[0], sorted(picks.items())):
-        spent = mine.loc[np.isclose(mine["fraction"], f, atol=0.005), xcol].mean()
-        ax.imshow(images[f])
-        ax.set_title(label if label == "start" or not np.isfinite(spent) else f"{label} ({spent:.4g} {XUNIT[xcol]})")
-        ax.axis("off")
-    fig.suptitle(f"{run['method']} trained on {run['reward']}, seed {run['seed']}")
-    return fig
+def protocol(manifest: dict, runs: pd.DataFrame) -> int:
+    """The manifest's "protocol", else the runs' (a suite without a manifest), else 1: the old protocol."""
+    value = _num(manifest.get("protocol"))
+    if not np.isfinite(value) and runs["protocol"].notna().any():
+        value = float(runs["protocol"].max())
+    return int(value) if np.isfinite(value) else 1
 
 
 # --------------------------------------------------------------------------------------------------- index
 
-def index_markdown(suite_dir, header, cells, best, plots: list[Path], grids: list[Path], notes: list[str]) -> str:
-    lines = [f"# Benchmark report: {suite_dir.resolve().name}", "", *manifest_lines(suite_dir, notes), "",
-             "## Results", "", markdown_table(header, cells, best), LEGEND, "", "## Plots", ""]
-    lines += [f"![{p.stem}]({p.name})\n" for p in plots]
+def index_markdown(suite_dir: Path, manifest: dict, runs: pd.DataFrame, table_md: str, legend: str,
+                   frontiers: list[Path], plots: list[Path], grids: list[Path], notes: list[str]) -> str:
+    lines = [f"# Benchmark report: {suite_dir.resolve().name}", "", *protocol_lines(manifest, runs),
+             *manifest_lines(manifest), "", "## Results", "", table_md, legend, ""]
+    if frontiers:
+        lines += ["## Frontiers", "", "Each metric the method was not trained on against √KL of the policy from "
+                  "the base model (Gao et al. 2022), every evaluation point of every seed, one line per seed in "
+                  "budget order; the dotted line is the base model. A better-regularised method gains more "
+                  "before its curve turns down, or never turns down.", ""]
+        lines += [f"![{p.stem}]({p.name})\n" for p in frontiers]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})\n" for p in plots]
     if grids:
         lines += ["## Samples", ""] + [f"![{g.stem}]({g.name})\n" for g in grids]
     if notes:
@@ -338,13 +243,22 @@ def index_markdown(suite_dir, header, cells, best, plots: list[Path], grids: lis
     return "\n".join(lines) + "\n"
 
 
-def manifest_lines(suite_dir: Path, notes: list[str]) -> list[str]:
+def protocol_lines(manifest: dict, runs: pd.DataFrame) -> list[str]:
+    """The protocol version, and for protocol 1 a warning that the folder predates the fair protocol."""
+    version = protocol(manifest, runs)
+    lines = [f"- **protocol**: {version}"]
+    if version < 2:
+        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+        n = (config.get("eval") or {}).get("max_prompts") if isinstance(config.get("eval"), dict) else None
+        first = f"the first {n} prompts" if n else "the first prompts"
+        lines = [f"> **Warning: protocol {version}.** This folder was made before the fair protocol: evaluation "
+                 f"on {first} of each split, no validation split, denoiser-only compute. It is kept for "
+                 f"reference only.", "", *lines]
+    return lines
+
+
+def manifest_lines(manifest: dict) -> list[str]:
     """The suite's command, budget, versions, git revision and device, from manifest.json when present."""
-    if not (suite_dir / "manifest.json").exists():
-        notes.append("no manifest.json in the suite folder")
-        return []
-    manifest = read_json(suite_dir / "manifest.json")
-    manifest = manifest if isinstance(manifest, dict) else {}
     lines = []
     for key, label in (("argv", "command"), ("budget", "budget"), ("versions", "versions"), ("git", "git"),
                        ("device", "device")):
@@ -372,53 +286,10 @@ def _num(x: Any) -> float:
         return math.nan
 
 
-def _join(values: pd.Series) -> str:
-    """The distinct values of a column over seeds, as text ("" when there are none)."""
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in pd.unique(values.dropna()))
-
-
-def _decimals(x: float) -> int:
-    return 0 if x == 0 or not np.isfinite(x) else int(np.clip(2 - math.floor(math.log10(abs(x))), 0, 6))
-
-
-def _pm(mean: float, ci: float) -> str:
-    """'0.123 ± 0.004': three significant digits for the mean, enough decimals to show the CI."""
-    if not np.isfinite(mean):
-        return "–"
-    if np.isfinite(ci) and ci <= 1e-4 * abs(mean):
-        ci = 0.0  # seeds that agree up to float noise: no extra decimals for a CI that is not there
-    d = _decimals(mean) if not np.isfinite(ci) else max(_decimals(mean), min(6, -math.floor(math.log10(ci or 1))))
-    return f"{mean:.{d}f}" if not np.isfinite(ci) else f"{mean:.{d}f} ± {ci:.{d}f}"
-
-
-def _compute(nfe: float, seconds: float) -> str:
-    parts = ([f"{nfe:.0f} nfe"] if np.isfinite(nfe) else []) + ([f"{seconds:.1f} s"] if np.isfinite(seconds) else [])
-    return ", ".join(parts) or "–"
-
-
-def _ylabel(metric: str, hib: dict[str, bool]) -> str:
-    return metric + {True: " ↑", False: " ↓"}.get(hib.get(metric), "")
-
-
-def _read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def _write_text(path: Path, text: str) -> Path:
     write_bytes_atomic(path, text.encode("utf-8"))
-    return path
-
-
-def _save_fig(fig: plt.Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=120)
-    finally:
-        plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
     return path

@@ -1,8 +1,16 @@
-"""bench.report on a synthetic suite folder written with bench.results' own writers (no torch, no models)."""
+"""bench.report and bench.judge.
+
+The report's outputs, its frontier plot and its hacking flags are checked on a suite folder written by the real
+runner on the tiny model (session fixture, ~20 s), and on a copy of two runs of the published protocol-1
+results/testbed. Hand-made folders only test tolerance of odd files (corrupt, torn, empty, interrupted);
+bench.judge's pure functions are checked on small hand-made frames with known answers.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import math
 import os
 import shutil
@@ -10,64 +18,65 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
+from bench import judge
 from bench.errors import BenchError
+from bench.registry import MODEL_DEFAULTS
 from bench.report import build_report, tex_escape
-from bench.results import append_jsonl, run_id, write_json_atomic
+from bench.results import append_jsonl, read_jsonl, run_id, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = {"rocm-kl": {"beta": 0.1, "divergence": "kl"}, "ddpo": {}}
-SEEDS = (0, 1)
-FRACTIONS = (0.0, 0.5, 1.0)
-BUDGET_NFE = 2000.0
-INCOMPLETE = ("ddpo", 1)  # this run stopped after its evaluation at fraction 0.5 and has no summary.json
+METHODS = ["rocm-kl", "rocm-none", "ddpo"]
+REWARD = "brightness"
+SEEDS = [0, 1]
+T_975_1DOF = math.tan(math.pi * (0.975 - 0.5))  # Student t with 1 dof is the Cauchy distribution: 12.706
 
 
-def brightness(method: str, seed: int, split: str, fraction: float) -> float:
-    """Synthetic values: rocm-kl learns faster; held-out lags train (overfitting); seeds differ."""
-    rate = 0.4 if method == "rocm-kl" else 0.2
-    return 0.3 + rate * fraction * (1.0 if split == "train" else 0.7) + 0.013 * seed * fraction
+def small_sets(methods: list[str]) -> list[str]:
+    """`--set` values that make the suite cheap, for the fields the config classes have right now (the runner
+    and the methods change under this test: DDPO's batch is prompts_per_step x samples_per_prompt)."""
+    from bench.config import EvalConfig
+    from bench.registry import method_class
+
+    have = {f.name for f in dataclasses.fields(EvalConfig)}
+    small = (("points", 2), ("max_prompts", 2), ("samples_per_prompt", 2), ("min_images", 4))
+    sets = [f"eval.{k}={v}" for k, v in small if k in have]
+    for m in methods:
+        fields = {f.name for f in dataclasses.fields(method_class(m)[0].Config)}
+        if "prompts_per_step" in fields:
+            sets += [f"{m}.prompts_per_step=2", f"{m}.samples_per_prompt=2"]
+        elif "batch_size" in fields:
+            sets.append(f"{m}.batch_size=4")
+        if "train_batch_size" in fields:
+            sets.append(f"{m}.train_batch_size=4")
+    return sets
 
 
-def kl_to_base(method: str, seed: int, fraction: float) -> float:
-    return (0.5 if method == "rocm-kl" else 1.5) * fraction + 0.01 * seed
+@pytest.fixture(scope="session")
+def runner_suite(tmp_path_factory) -> Path:
+    """3 methods x brightness x 2 seeds on the tiny model, 400 NFE, evaluated at 0, 0.5 and 1: the real runner."""
+    from bench.compute import Budget
+    from bench.config import SuiteConfig, apply_sets
+    from bench.runner import run_suite
+
+    suite = SuiteConfig(methods=METHODS, rewards=[REWARD], seeds=SEEDS, budget=Budget.parse("400nfe"))
+    suite.model.name = "tiny"
+    apply_sets(suite, small_sets(METHODS))
+    out = tmp_path_factory.mktemp("runner") / "suite"
+    run_suite(suite, out, argv=["bench", "run", "--model", "tiny"], show_progress=False)
+    return out
 
 
-def write_suite(root: Path) -> Path:
-    """2 methods x 1 reward ("brightness") x 2 seeds, evaluated at fractions 0, 0.5, 1 on train and heldout."""
-    write_json_atomic(root / "manifest.json", {
-        "argv": ["bench", "run", "--methods", "rocm-kl,ddpo", "--rewards", "brightness"],
-        "versions": {"python": "3.12", "torch": "2.5"}, "git": {"commit": "abc1234", "dirty": False},
-        "device": "cpu", "budget": {"kind": "nfe", "amount": BUDGET_NFE, "text": "2000nfe"}})
-    for method, method_config in METHODS.items():
-        for seed in SEEDS:
-            d = root / "runs" / run_id(method, "brightness", seed)
-            write_json_atomic(d / "config.json", {
-                "method": method, "reward": "brightness", "seed": seed, "method_config": method_config,
-                "budget": {"kind": "nfe", "amount": BUDGET_NFE, "text": "2000nfe"}})
-            done = (method, seed) != INCOMPLETE
-            fractions = FRACTIONS if done else FRACTIONS[:2]
-            for step, f in enumerate(fractions):
-                common = {"step": step, "fraction": f, "nfe": BUDGET_NFE * f, "seconds": 10.0 * f,
-                          "version": "1", "stderr": 0.01, "n": 8}
-                rows = []
-                for split in ("train", "heldout"):
-                    rows.append({**common, "split": split, "metric": "brightness", "higher_is_better": True,
-                                 "value": brightness(method, seed, split, f)})
-                    rows.append({**common, "split": split, "metric": "kl-to-base", "higher_is_better": False,
-                                 "value": kl_to_base(method, seed, f)})
-                append_jsonl(d / "eval.jsonl", rows)
-                (d / "samples").mkdir(exist_ok=True)
-                level = int(40 + 200 * f)
-                Image.new("RGB", (64, 32), (level, level // 2, 255 - level)).save(d / "samples" / f"frac{f:.2f}.png")
-            last = fractions[-1]
-            append_jsonl(d / "train.jsonl", [{"step": 1, "nfe": BUDGET_NFE * last, "seconds": 10.0 * last,
-                                              "budget_used": last, "reward_mean": 0.5}])
-            if done:
-                write_json_atomic(d / "summary.json", {"nfe": BUDGET_NFE, "seconds": 10.0})
-    return root
+@pytest.fixture(scope="session")
+def runner_report(runner_suite) -> tuple[Path, list[Path]]:
+    return runner_suite, build_report(runner_suite)
+
+
+def run_frames(suite: Path) -> dict[str, pd.DataFrame]:
+    return {d.name: pd.DataFrame(read_jsonl(d / "eval.jsonl")) for d in sorted((suite / "runs").iterdir())}
 
 
 def read_table(out: Path) -> dict[str, dict[str, str]]:
@@ -75,84 +84,199 @@ def read_table(out: Path) -> dict[str, dict[str, str]]:
         return {row["method"]: row for row in csv.DictReader(f)}
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[Path, list[Path]]:
-    suite = write_suite(tmp_path_factory.mktemp("suite"))
-    return suite, build_report(suite)
+def md_rows(out: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """(header, {method: cells}) of table.md."""
+    lines = [line.strip("|").split(" | ") for line in (out / "table.md").read_text().splitlines()]
+    header = [c.strip() for c in lines[0]]
+    return header, {row[0].strip(): [c.strip() for c in row] for row in lines[2:]}
 
 
-def test_writes_every_output(report):
-    suite, written = report
+def split_of(frames: dict[str, pd.DataFrame]) -> str:
+    return judge.reported_split(pd.concat(frames.values())["split"].unique())
+
+
+def expected_hacked(frames: dict[str, pd.DataFrame], method: str) -> list[str]:
+    """The majority rule applied by hand to judge.hacking on each seed's eval.jsonl."""
+    split = split_of(frames)
+    flags = [judge.hacking(frames[run_id(method, REWARD, s)], REWARD, split) for s in SEEDS]
+    return sorted(m for m in flags[0] if sum(f[m] for f in flags) > len(SEEDS) / 2)
+
+
+# ------------------------------------------------------------------------------------- the real runner's suite
+
+def test_writes_every_output(runner_report):
+    suite, written = runner_report
     out = suite / "report"
-    expected = {"table.md", "table.csv", "table.tex", "metric_brightness.png", "metric_kl-to-base.png",
-                "overfitting.png", "reward_vs_divergence.png", "grid_ddpo__brightness.png",
-                "grid_rocm-kl__brightness.png", "index.md"}
+    metrics = set(pd.concat(run_frames(suite).values())["metric"])
+    expected = ({"table.md", "table.csv", "table.tex", f"frontier_{REWARD}.png", "overfitting.png",
+                 "reward_vs_divergence.png", "index.md"} | {f"metric_{m}.png" for m in metrics}
+                | {f"grid_{m}__{REWARD}.png" for m in METHODS})
     assert {p.name for p in written} == expected
     assert {p.name for p in out.iterdir()} == expected  # no temporary files left behind
     for p in written:
         if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            with Image.open(p) as im:
+                im.verify()
             with Image.open(p) as im:
                 assert im.size[0] > 300
     index = (out / "index.md").read_text()
-    assert "bench run --methods rocm-kl,ddpo --rewards brightness" in index
-    assert "![overfitting](overfitting.png)" in index and "(grid_ddpo__brightness.png)" in index
-    assert "95% confidence" in index and "↑" in index
+    assert f"![frontier_{REWARD}](frontier_{REWARD}.png)" in index and "(grid_ddpo__brightness.png)" in index
+    assert "bench run --model tiny" in index and "95% confidence" in index and "↑" in index
+    protocol = json.loads((suite / "manifest.json").read_text()).get("protocol", 1)
+    assert f"- **protocol**: {protocol}" in index
+    assert ("Warning: protocol 1" in index) == (protocol == 1)
+    assert f"reported split, **{split_of(run_frames(suite))}**" in index
     tex = (out / "table.tex").read_text()
     assert r"\pm" in tex and r"$\uparrow$" in tex and r"\textbf{" in tex
 
 
-def test_ci_matches_hand_computation(report):
-    suite, _ = report
-    row = read_table(suite / "report")["rocm-kl"]
-    finals = [brightness("rocm-kl", s, "heldout", 1.0) for s in SEEDS]
+def test_frontier_has_one_panel_per_untrained_metric(runner_report):
+    suite, _ = runner_report
+    from bench.report_plots import frontier_metrics
+
+    ev = pd.concat(run_frames(suite).values()).assign(reward=REWARD)
+    panels = frontier_metrics(ev, REWARD, split_of(run_frames(suite)))
+    assert REWARD not in panels and judge.KL not in panels and len(panels) >= 1
+    with Image.open(suite / "report" / f"frontier_{REWARD}.png") as im:
+        assert im.size[0] >= 300 * min(len(panels), 3)
+
+
+def test_table_has_peak_and_hacked_columns_consistent_with_judge(runner_report):
+    suite, _ = runner_report
+    frames, out = run_frames(suite), suite / "report"
+    split, select = split_of(frames), MODEL_DEFAULTS["tiny"]["select"]
+    header, rows = md_rows(out)
+    assert f"peak {select} ↑" in header and "kl-to-base at peak" in header and "hacked" in header
+    table = read_table(out)
+    for method in METHODS:
+        hacked = expected_hacked(frames, method)
+        assert sorted(filter(None, table[method]["hacked"].split(";"))) == hacked, method
+        cell = rows[method][header.index("hacked")]
+        assert (sorted(cell.split(", ")) if hacked else cell) == (hacked or "—"), method
+        peaks = [judge.peak(frames[run_id(method, REWARD, s)], select, split) for s in SEEDS]
+        assert table[method]["select"] == select
+        assert float(table[method]["peak_mean"]) == pytest.approx(sum(p["value"] for p in peaks) / 2, rel=1e-12)
+        assert float(table[method]["peak_kl_mean"]) == pytest.approx(sum(p["kl"] for p in peaks) / 2, rel=1e-12)
+    # unregularised ROCM hacks the tiny model's diversity within 400 NFE: the bold rule below is not vacuous
+    assert any(expected_hacked(frames, m) for m in METHODS)
+
+
+def test_hacked_rows_are_never_bold(runner_report):
+    suite, _ = runner_report
+    header, rows = md_rows(suite / "report")
+    col = header.index("hacked")
+    for method, cells in rows.items():
+        if cells[col] != "—":
+            assert not any(c.startswith("**") for c in cells), method
+    clean = [cells for cells in rows.values() if cells[col] == "—"]
+    assert any(c.startswith("**") for cells in clean for c in cells)  # the best among the others is bold
+    first_metric = header.index(f"{REWARD} ↑")
+    assert any(cells[first_metric].startswith("**") for cells in clean)
+
+
+def test_ci_matches_hand_computation(runner_report):
+    suite, _ = runner_report
+    frames = run_frames(suite)
+    split = split_of(frames)
+    finals = []
+    for s in SEEDS:
+        ev = frames[run_id("rocm-kl", REWARD, s)]
+        ev = ev[(ev["split"] == split) & (ev["metric"] == REWARD)]
+        finals.append(float(ev.loc[ev["fraction"].idxmax(), "value"]))
     mean = sum(finals) / 2
-    std = math.sqrt(sum((v - mean) ** 2 for v in finals) / (2 - 1))
-    t_975_1dof = math.tan(math.pi * (0.975 - 0.5))  # Student t with 1 dof is the Cauchy distribution: 12.706
-    assert float(row["brightness_mean"]) == pytest.approx(mean, rel=1e-12)
-    assert float(row["brightness_ci95"]) == pytest.approx(t_975_1dof * std / math.sqrt(2), rel=1e-9)
-    assert row["brightness_n"] == "2" and row["beta"] == "0.1" and row["budget"] == "2000nfe"
-    assert float(row["compute_nfe_mean"]) == BUDGET_NFE
-    md = (suite / "report" / "table.md").read_text()
-    assert f"**{mean:.3f} ± " in md  # rocm-kl has the best brightness: bold
-    assert md.splitlines()[0].startswith("| method | reward | beta | budget | seeds | status | brightness ↑ |")
+    std = math.sqrt(sum((v - mean) ** 2 for v in finals))
+    row = read_table(suite / "report")["rocm-kl"]
+    assert float(row[f"{REWARD}_mean"]) == pytest.approx(mean, rel=1e-12)
+    assert float(row[f"{REWARD}_ci95"]) == pytest.approx(T_975_1DOF * std / math.sqrt(2), rel=1e-9)
+    assert row[f"{REWARD}_n"] == "2" and row["beta"] == "10" and row["budget"] == "400nfe"
 
 
-def test_incomplete_run_is_marked_and_counts_where_it_stopped(report):
-    suite, _ = report
+def test_incomplete_run_is_marked_and_counts_where_it_stopped(runner_suite, tmp_path):
+    suite = tmp_path / "suite"
+    shutil.copytree(runner_suite, suite, ignore=shutil.ignore_patterns("report"))
+    d = suite / "runs" / run_id("ddpo", REWARD, 1)
+    (d / "summary.json").unlink()  # as if killed after its evaluation at 0.5
+    rows = read_jsonl(d / "eval.jsonl")
+    (d / "eval.jsonl").unlink()
+    append_jsonl(d / "eval.jsonl", [r for r in rows if r["fraction"] < 1.0])
+    build_report(suite)
     table = read_table(suite / "report")
-    assert table["rocm-kl"]["status"] == "complete"
-    assert table["ddpo"]["status"].startswith("incomplete")
-    assert table["ddpo"]["beta"] == ""
-    finals = [brightness("ddpo", 0, "heldout", 1.0), brightness("ddpo", 1, "heldout", 0.5)]
-    assert float(table["ddpo"]["brightness_mean"]) == pytest.approx(sum(finals) / 2)
-    assert float(table["ddpo"]["compute_nfe_mean"]) == pytest.approx((BUDGET_NFE + BUDGET_NFE / 2) / 2)
-    md = (suite / "report" / "table.md").read_text()
-    assert "| ddpo | brightness | – | 2000nfe | 2 | incomplete" in md
+    assert table["rocm-kl"]["status"] == "complete" and table["ddpo"]["status"].startswith("incomplete")
+    split = split_of(run_frames(suite))
+    finals = [r["value"] for r in read_jsonl(suite / "runs" / run_id("ddpo", REWARD, 0) / "eval.jsonl")
+              if r["split"] == split and r["metric"] == REWARD and r["fraction"] == 1.0]
+    finals += [r["value"] for r in rows if r["split"] == split and r["metric"] == REWARD and r["fraction"] == 0.5]
+    assert float(table["ddpo"][f"{REWARD}_mean"]) == pytest.approx(sum(finals) / 2)
+    assert "| ddpo | brightness | – | 400nfe | 2 | incomplete" in (suite / "report" / "table.md").read_text()
 
 
-def test_imports_no_torch(tmp_path):
-    suite = write_suite(tmp_path)
+def test_imports_no_torch(runner_suite, tmp_path):
     code = ("import sys; from pathlib import Path; from bench.report import build_report; "
-            f"build_report(Path({str(suite)!r})); assert 'torch' not in sys.modules, 'torch was imported'")
+            f"build_report(Path({str(runner_suite)!r}), Path({str(tmp_path)!r})); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
+# ------------------------------------------------------------------------- a published protocol-1 folder
+
+def test_old_protocol_folder(tmp_path):
+    """Two runs of results/testbed (protocol 1: train and heldout splits, no protocol field, no flops)."""
+    src, suite = REPO / "results" / "testbed", tmp_path / "testbed"
+    (suite / "runs").mkdir(parents=True)
+    shutil.copy(src / "manifest.json", suite)
+    for name in ("rocm-kl__testbed-pref__seed1", "rocm-none__testbed-pref__seed1"):
+        shutil.copytree(src / "runs" / name, suite / "runs" / name)
+    build_report(suite)
+    out = suite / "report"
+    index = (out / "index.md").read_text()
+    assert "> **Warning: protocol 1.**" in index and "first 16 prompts of each split" in index
+    assert "- **protocol**: 1" in index and "reported split, **heldout**" in index
+    with Image.open(out / "frontier_testbed-pref.png") as im:
+        im.verify()
+    header, rows = md_rows(out)
+    assert "peak testbed-gold ↑" in header  # the testbed's selection metric, never the trained testbed-pref
+    hacked = rows["rocm-none"][header.index("hacked")].split(", ")
+    assert "testbed-gold" in hacked and not any(c.startswith("**") for c in rows["rocm-none"])
+    assert rows["rocm-kl"][header.index("hacked")] == "—"
+    assert rows["rocm-kl"][header.index("testbed-pref ↑")].startswith("**")  # best among the unhacked
+
+
+# -------------------------------------------------------------------- hand-made folders: tolerance of odd files
+
+def write_suite(root: Path) -> Path:
+    """A minimal protocol-1 folder (no manifest protocol, no stderr or flops columns): 1 method x 1 seed."""
+    d = root / "runs" / run_id("rocm-kl", REWARD, 0)
+    write_json_atomic(d / "config.json", {"method": "rocm-kl", "reward": REWARD, "seed": 0,
+                                          "budget": {"kind": "nfe", "amount": 100.0, "text": "100nfe"}})
+    for step, f in enumerate((0.0, 1.0)):
+        append_jsonl(d / "eval.jsonl", [{"step": step, "fraction": f, "nfe": 100 * f, "seconds": f, "split": "heldout",
+                                         "metric": m, "higher_is_better": hib, "value": v + f, "version": "1"}
+                                        for m, hib, v in ((REWARD, True, 0.5), ("kl-to-base", False, 0.0))])
+    write_json_atomic(d / "summary.json", {"nfe": 100, "seconds": 1.0})
+    return root
+
+
 def test_corrupt_config_is_a_bench_error(tmp_path):
     suite = write_suite(tmp_path)
-    (suite / "runs" / run_id("ddpo", "brightness", 0) / "config.json").write_text('{"method": "ddpo", "rew')
+    (suite / "runs" / run_id("rocm-kl", REWARD, 0) / "config.json").write_text('{"method": "ddpo", "rew')
     with pytest.raises(BenchError, match="corrupt results file .*config.json") as e:
         build_report(suite)
     assert "\n" not in str(e.value)
 
 
-def test_torn_last_eval_line_is_tolerated(tmp_path, report):
+def test_torn_last_eval_line_is_tolerated_and_missing_columns_are_too(tmp_path):
     suite = write_suite(tmp_path)
-    with open(suite / "runs" / run_id("rocm-kl", "brightness", 0) / "eval.jsonl", "a") as f:
+    with open(suite / "runs" / run_id("rocm-kl", REWARD, 0) / "eval.jsonl", "a") as f:
         f.write('{"step": 3, "fraction": 1.0, "split": "heldout", "metric": "bright')
-    build_report(suite)
-    assert read_table(suite / "report") == read_table(report[0] / "report")
+    written = build_report(suite)
+    row = read_table(suite / "report")["rocm-kl"]
+    assert float(row[f"{REWARD}_mean"]) == pytest.approx(1.5) and row["hacked"] == ""
+    assert f"frontier_{REWARD}.png skipped" in (suite / "report" / "index.md").read_text()  # nothing untrained
+    assert "no manifest.json" in (suite / "report" / "index.md").read_text()
+    assert f"frontier_{REWARD}.png" not in {p.name for p in written}
 
 
 def test_empty_or_unevaluated_suite_is_a_bench_error(tmp_path):
@@ -168,28 +292,91 @@ def test_empty_or_unevaluated_suite_is_a_bench_error(tmp_path):
 
 def test_interrupted_attempts_ignored_and_missing_samples_noted(tmp_path):
     suite = write_suite(tmp_path)
-    junk = suite / "runs" / (run_id("ddpo", "brightness", 1) + ".interrupted-1")
+    junk = suite / "runs" / (run_id("rocm-kl", REWARD, 0) + ".interrupted-1")
     junk.mkdir()
     (junk / "config.json").write_text("not json")
-    shutil.rmtree(suite / "runs" / run_id("ddpo", "brightness", 0) / "samples")
+    (suite / "runs" / "being-created").mkdir()
     out = tmp_path / "elsewhere"
     written = build_report(suite, out)
     assert all(p.parent == out for p in written)
     index = (out / "index.md").read_text()
-    assert "no sample grids in `runs/ddpo__brightness__seed0/samples`" in index
-    assert not (out / "grid_ddpo__brightness.png").exists()  # the grid shows the first seed only
-    assert (out / "grid_rocm-kl__brightness.png").exists()
+    assert "no sample grids in `runs/rocm-kl__brightness__seed0/samples`" in index
+    assert "skipped `runs/being-created`: no config.json" in index
 
 
 def test_tex_escape():
-    assert tex_escape("a_b 5% & #1 ± –") == r"a\_b 5\% \& \#1 $\pm$ --"
+    assert tex_escape("a_b 5% & #1 ± – —") == r"a\_b 5\% \& \#1 $\pm$ -- ---"
 
 
 def test_mean_ci_text_has_decimals_the_ci_needs_and_no_more():
-    from bench.report import _pm
+    from bench.report_table import pm
 
-    assert _pm(65.7, 1.7) == "65.7 ± 1.7"
-    assert _pm(0.236, 0.004) == "0.236 ± 0.004"
-    assert _pm(0.5, 1e-9) == "0.500 ± 0.000"  # seeds agreeing up to float noise: not 0.500000 ± 0.000000
-    assert _pm(3.0, float("nan")) == "3.00"  # one seed: no CI
-    assert _pm(float("nan"), 0.1) == "–"
+    assert pm(65.7, 1.7) == "65.7 ± 1.7"
+    assert pm(0.236, 0.004) == "0.236 ± 0.004"
+    assert pm(0.5, 1e-9) == "0.500 ± 0.000"  # seeds agreeing up to float noise: not 0.500000 ± 0.000000
+    assert pm(3.0, float("nan")) == "3.00"  # one seed: no CI
+    assert pm(float("nan"), 0.1) == "–"
+
+
+def test_x_axis_is_the_budget_counter():
+    from bench.report import x_column
+
+    ev = pd.DataFrame({"flops": [1e12, 2e12]})
+    assert x_column(pd.DataFrame({"budget_kind": ["nfe", "nfe"]}), ev) == "nfe"
+    assert x_column(pd.DataFrame({"budget_kind": ["flops", "flops"]}), ev) == "flops"
+    assert x_column(pd.DataFrame({"budget_kind": ["flops"]}), ev.assign(flops=math.nan)) == "seconds"
+    assert x_column(pd.DataFrame({"budget_kind": ["nfe", "seconds"]}), ev) == "seconds"
+
+
+# ------------------------------------------------------------------------------- bench.judge on known answers
+
+def frame(points: dict[float, dict[str, tuple[float, float]]], split: str = "test") -> pd.DataFrame:
+    """{fraction: {metric: (value, stderr)}} -> eval rows; "fid" and "kl-to-base" are lower-is-better."""
+    return pd.DataFrame([{"fraction": f, "split": split, "metric": m, "value": v, "stderr": se,
+                          "higher_is_better": m not in ("fid", "kl-to-base")}
+                         for f, ms in points.items() for m, (v, se) in ms.items()])
+
+
+BASE = {"r": (1.0, 0.1), "gold": (0.80, 0.01), "align": (0.5, 0.01), "fid": (10.0, 0.0), "div": (2.0, 0.0),
+        "kl-to-base": (0.0, 0.0)}
+
+
+def test_hacking_flags_metrics_worse_than_their_noise_while_the_reward_rises():
+    # gold: -0.03 > 1.96·√2·0.01 = 0.0277 (flag); align: -0.02 < 0.0277 (no); fid (lower is better, no stderr):
+    # +0.6 > 5% of 10 (flag); div (no stderr): -0.08 < 5% of 2 (no)
+    last = {"r": (2.0, 0.1), "gold": (0.77, 0.01), "align": (0.48, 0.01), "fid": (10.6, 0.0), "div": (1.92, 0.0),
+            "kl-to-base": (3.0, 0.1)}
+    ev = frame({0.0: BASE, 0.5: {**BASE, "gold": (0.5, 0.01)}, 1.0: last})
+    assert judge.hacking(ev, "r", "test") == {"gold": True, "align": False, "fid": True, "div": False}
+    assert judge.hacking(ev, "r", "test", z=3.0)["gold"] is False  # 0.03 < 3·√2·0.01 = 0.042
+    assert judge.hacking(ev, "r", "test", rel_tol=0.1)["fid"] is False
+    assert judge.hacking(ev, "r", "train") == {}  # no rows on that split
+
+
+def test_hacking_needs_the_reward_to_improve_and_a_trained_model():
+    worse = {**BASE, "gold": (0.5, 0.01)}
+    assert not any(judge.hacking(frame({0.0: BASE, 1.0: {**worse, "r": (0.9, 0.1)}}), "r", "test").values())
+    assert not any(judge.hacking(frame({0.0: BASE}), "r", "test").values())  # only the base model evaluated
+    assert not any(judge.hacking(frame({1.0: worse}), "r", "test").values())  # no base model to compare with
+    # a resumed run's repeated evaluation counts with the row written last
+    ev = pd.concat([frame({0.0: BASE, 1.0: {**worse, "r": (2.0, 0.1)}}), frame({1.0: {**BASE, "r": (2.0, 0.1)}})])
+    assert judge.hacking(ev, "r", "test")["gold"] is False
+
+
+def test_peak_is_the_best_point_in_the_metric_direction_with_its_kl():
+    ev = frame({0.0: BASE, 0.5: {**BASE, "gold": (0.9, 0.01), "fid": (9.0, 0.0), "kl-to-base": (1.0, 0.1)},
+                1.0: {**BASE, "gold": (0.9, 0.01), "fid": (12.0, 0.0), "kl-to-base": (4.0, 0.1)}})
+    assert judge.peak(ev, "gold", "test") == {"value": 0.9, "fraction": 0.5, "kl": 1.0}  # a tie: the earliest
+    assert judge.peak(ev, "fid", "test") == {"value": 9.0, "fraction": 0.5, "kl": 1.0}  # lower is better
+    assert judge.peak(ev, "align", "test") == {"value": 0.5, "fraction": 0.0, "kl": 0.0}  # never improved: base
+    assert all(math.isnan(v) for v in judge.peak(ev, "missing", "test").values())
+
+
+def test_reported_split_and_selection_metric():
+    assert judge.reported_split(["train", "validation", "test"]) == "test"
+    assert judge.reported_split(["train", "heldout"]) == "heldout"
+    assert judge.reported_split(["train", "validation"]) == "validation"
+    assert judge.reported_split(["train"]) is None
+    assert judge.selection_metric("pref", ["pref", "gold", "fid", "kl-to-base"], "gold") == "gold"
+    assert judge.selection_metric("gold", ["gold", "fid", "kl-to-base"], "gold") == "fid"  # never the trained one
+    assert judge.selection_metric("pref", ["pref", "kl-to-base"], "gold") is None
