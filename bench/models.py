@@ -1,9 +1,9 @@
 """The policy: a latent consistency model (diffusers classes) with trainable LoRA adapters, and tiny test models.
 
 `Policy` is the one model contract every method uses (DESIGN.md "Contracts"):
-  - `encode_prompts(prompts) -> (B, L, D)` text embeddings (frozen text encoder);
+  - `encode_prompts(prompts) -> (B, L, D)` text embeddings (frozen text encoder, cached per prompt);
   - `consistency(x_t, t, cond) -> x̂_0`: the consistency function f_θ (UNet ε-prediction + LCM boundary
-    condition c_skip·x_t + c_out·x̂_0), charged to the compute meter;
+    condition c_skip·x_t + c_out·x̂_0);
   - `decode(x̂_0) -> images in [0, 1]` (VAE decoder, or identity for a pixel-space model);
   - `reference()`: a context in which the model *is* the frozen starting model (adapters disabled, or the
     frozen copy for full fine-tuning);
@@ -12,6 +12,11 @@
 The tiny models are built from config with the real classes (UNet2DConditionModel with `time_cond_proj_dim`
 for the guidance embedding, CLIPTextModel, LCMScheduler, AutoencoderKL) and fixed seeds, so tests and CI need
 no network. Their base weights are random: they exercise every code path, they do not draw anything.
+
+Every model call is charged to the compute meter (bench/compute.py) where it happens: the UNet in
+`consistency` (NFE, and FLOPs per variant: policy, or reference with adapters off), the VAE decoder in
+`decode`, the text encoder in `encode_prompts` (cache misses only); backwards through the UNet and the decoder
+are charged when gradient reaches their outputs.
 """
 
 from __future__ import annotations
@@ -107,7 +112,9 @@ class Policy(nn.Module):
         if missing:
             tok = self.tokenizer(missing, padding="max_length", truncation=True, return_tensors="pt",
                                  max_length=self.tokenizer.model_max_length)
-            hidden = self.text_encoder(tok.input_ids.to(self.device))[0]
+            ids = tok.input_ids.to(self.device)  # (M, L): the M prompts not cached yet
+            with self.meter.forward("text", tuple(ids.shape[1:]), len(missing)):
+                hidden = self.text_encoder(ids)[0]
             self._prompt_cache.update(zip(missing, hidden))
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
@@ -124,13 +131,16 @@ class Policy(nn.Module):
         dim = self.unet.config.time_cond_proj_dim  # None: no guidance embedding (LCM-LoRA), w is not used
         w_emb = guidance_embedding(torch.full((b,), guidance_scale - 1.0), dim).to(x_t) if dim else None
         ts = torch.full((b,), t, device=x_t.device, dtype=torch.long)
-        with self._autocast():
+        # FLOPs per sample depend on the per-sample shapes and on the variant (the reference skips the adapters).
+        key = ("reference" if self._in_reference else "policy", tuple(x_t.shape[1:]), tuple(cond.shape[1:]),
+               None if w_emb is None else tuple(w_emb.shape[1:]))
+        with self._autocast(), self.meter.forward("denoiser", key, b, nfe_unit=not self._in_reference) as call:
             eps = unet(x_t, ts, encoder_hidden_states=cond, timestep_cond=w_emb).sample.float()
         a = self.scheduler.alphas_cumprod[t].to(x_t)
         x0_pred = x0_from_output(eps, x_t, a, self.scheduler.config.prediction_type)
         c_skip, c_out = self.scheduler.get_scalings_for_boundary_condition_discrete(t)
         out = c_skip * x_t + c_out * x0_pred
-        return self.meter.watch_backward(out)
+        return self.meter.watch_backward(out, call)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.dtype != "float32":
@@ -139,9 +149,11 @@ class Policy(nn.Module):
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """x̂_0 latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1], differentiable (clamped as pipelines do)."""
-        if self.vae is not None:
-            with self._autocast():
-                x0 = self.vae.decode(x0 / self.vae.config.scaling_factor).sample.float()
+        if self.vae is not None:  # the identity of a pixel-space model costs nothing
+            z = x0 / self.vae.config.scaling_factor
+            with self._autocast(), self.meter.forward("decoder", tuple(z.shape[1:]), z.shape[0]) as call:
+                x0 = self.vae.decode(z).sample.float()
+            x0 = self.meter.watch(x0, call)  # (B, 3, H, W): a backward is charged when gradient reaches it
         return (x0 / 2 + 0.5).clamp(0, 1)
 
     @contextmanager

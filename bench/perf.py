@@ -151,6 +151,7 @@ def make_replay(policy, reward, calls: list[Call]) -> Callable[[], None]:
 
     def replay() -> None:
         with ExitStack() as stack:
+            stack.enter_context(policy.meter.paused())  # the reference work is not training: nothing is charged
             for c, ins in zip(todo, inputs):
                 if c.reference and not policy._in_reference:
                     stack.enter_context(policy.reference())
