@@ -1,4 +1,4 @@
-"""The `bench` command line (typer): ls, run, report, perf.
+"""The `bench` command line (typer): ls, run, sweep, report, perf, fetch, testbed.
 
 Mistakes a user can fix (unknown names, bad budgets, missing weights, corrupt files, NaN losses) print one
 line, `error: ...`, and exit with code 2 — never a traceback. Heavy imports happen inside the commands so
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -68,20 +69,42 @@ def _section(title: str, registry: dict, line) -> None:
 
 @app.command()
 def run(
-    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names (`bench ls`)."),
-    rewards: str = typer.Option("", help="Comma-separated training rewards, one run per reward (default: the "
-                                         "model's own, e.g. testbed-pref on the testbed, pickscore on real models)."),
-    model: str = typer.Option(DEFAULT_MODEL, help="Base model (`bench ls`)."),
+    methods: Optional[str] = typer.Option(None, help=f"Comma-separated method names (`bench ls`; default "
+                                                     f"{DEFAULT_METHODS}, or every method of --from-sweep)."),
+    rewards: Optional[str] = typer.Option(None, help="Comma-separated training rewards, one run per reward (default: "
+                                                     "the model's own, e.g. testbed-pref on the testbed, pickscore on "
+                                                     "real models)."),
+    model: Optional[str] = typer.Option(None, help=f"Base model (`bench ls`; default {DEFAULT_MODEL})."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; one run per seed."),
-    budget: str = typer.Option(DEFAULT_BUDGET, help="Training compute per run: 2000nfe (denoiser evaluations "
-                                                    "per sample, backward = 2), or device time: 90s, 10m, 1.5h."),
-    out: Path = typer.Option(Path("results/default"), help="Suite folder; an existing one is resumed."),
+    budget: Optional[str] = typer.Option(None, help=f"Training compute per run: 2000nfe (denoiser evaluations per "
+                                                    f"sample, backward = 2), or device time: 90s, 10m, 1.5h (default "
+                                                    f"{DEFAULT_BUDGET})."),
+    out: Optional[Path] = typer.Option(None, help="Suite folder; an existing one is resumed (default results/default, "
+                                                  "or SWEEP_DIR/final with --from-sweep)."),
     set_: list[str] = typer.Option([], "--set", help="Override any config field: key=value (repeatable), e.g. "
                                                      "rocm.beta=0.1, sampler.steps=8, eval.points=5."),
+    from_sweep: Optional[Path] = typer.Option(None, "--from-sweep", help="Run the configurations `bench sweep` "
+                                              "selected in this folder (its model, rewards, budget and --sets) on "
+                                              "fresh --seeds and the test prompts; only eval.* may be --set."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train every method x reward x seed under the same budget, evaluating as it goes."""
+    argv = ["bench", *sys.argv[1:]]
+    if from_sweep is not None:
+        from bench.sweep_results import run_from_sweep
+
+        given = [f"--{name}" for name, value in (("model", model), ("rewards", rewards), ("budget", budget))
+                 if value is not None]
+        if given:
+            raise BenchError(f"{', '.join(given)}: with --from-sweep these come from {from_sweep / 'sweep.json'}")
+        dirs = run_from_sweep(from_sweep, _seeds(seeds), out, _split(methods) if methods else None, set_, device,
+                              argv, show_progress=progress)
+        if os.environ.get("RANK", "0") == "0":
+            folders = sorted({str(d.parent.parent) for d in dirs})
+            print(f"{len(dirs)} runs in {', '.join(folders)}; next: bench report {folders[0]}")
+        return
+
     from bench.compute import Budget
     from bench.config import SuiteConfig, apply_sets
     from bench.models import ModelConfig
@@ -89,14 +112,52 @@ def run(
 
     from bench.registry import MODEL_DEFAULTS, model_builder
 
+    model = model or DEFAULT_MODEL
+    out = out or Path("results/default")
     model_builder(model)  # an unknown model is reported before anything else
     rewards = rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")
-    suite = SuiteConfig(methods=_split(methods), rewards=_split(rewards), seeds=_seeds(seeds),
-                        budget=Budget.parse(budget), model=ModelConfig(name=model), device=device)
+    suite = SuiteConfig(methods=_split(methods or DEFAULT_METHODS), rewards=_split(rewards), seeds=_seeds(seeds),
+                        budget=Budget.parse(budget or DEFAULT_BUDGET), model=ModelConfig(name=model), device=device)
     apply_sets(suite, set_)
-    dirs = run_suite(suite, out, argv=["bench", *sys.argv[1:]], show_progress=progress)
+    dirs = run_suite(suite, out, argv=argv, show_progress=progress)
     if os.environ.get("RANK", "0") == "0":  # one line, from the one process that wrote the results
         print(f"{len(dirs)} runs in {out}; next: bench report {out}")
+
+
+@app.command()
+def sweep(
+    methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names to tune (`bench ls`)."),
+    trials: int = typer.Option(8, help="Completed trials per method and reward: the same tuning budget for all."),
+    budget: str = typer.Option(DEFAULT_BUDGET, help="Training compute per trial run, as for `bench run`."),
+    out: Path = typer.Option(Path("results/sweep"), help="Sweep folder; an existing one is resumed."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Base model (`bench ls`)."),
+    rewards: str = typer.Option("", help="Comma-separated training rewards (default: the model's own)."),
+    sampler: str = typer.Option("tpe", help="Optuna sampler: tpe, grid or random (seeded per method and reward)."),
+    sweep_seeds: str = typer.Option("100,101", help="Seeds of every trial (keep them apart from the reported "
+                                                    "seeds 0,1,2: `bench run --from-sweep` refuses overlaps)."),
+    set_: list[str] = typer.Option([], "--set", help="Config overrides for every trial, as for `bench run`; a "
+                                                     "method field set here is fixed, not tuned."),
+    select: str = typer.Option("", help="Selection metric on the validation prompts (default: the model's, never "
+                                        "the training reward)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Tune every method with the same number of trials on validation prompts and sweep seeds; select by a
+    declared rule (selected.json) and report how sensitive each method is to its knobs (sensitivity.md)."""
+    from bench.registry import MODEL_DEFAULTS, model_builder
+    from bench.sweep import SweepSettings, run_sweep, selection_metric
+
+    model_builder(model)
+    reward_list = _split(rewards or MODEL_DEFAULTS.get(model, {}).get("reward", ""))
+    if not reward_list:
+        raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
+    settings = SweepSettings(methods=_split(methods), rewards=reward_list, model=model, budget=budget, trials=trials,
+                             sampler=sampler, sweep_seeds=_seeds(sweep_seeds),
+                             select={r: select or selection_metric(model, r) for r in reward_list},
+                             sets=list(set_), device=device)
+    table = run_sweep(settings, out, argv=["bench", *sys.argv[1:]], show_progress=progress)
+    print(table)
+    print(f"selected configurations in {out / 'selected.json'}; next: bench run --from-sweep {out} --seeds 0,1,2")
 
 
 @app.command()
