@@ -22,10 +22,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 # `bench run` with no arguments: the built-in offline testbed, a regularised ROCM with an unbounded and a
 # bounded divergence, unregularised ROCM (the reward-hacking ablation), DDPO and D3PO, on the learned
-# preference proxy; about 8 minutes on 2 CPU cores.
+# preference proxy. The budget is in FLOPs, the unit that charges every module (docs/protocol.md): 2.5e12 FLOPs is
+# about 14,700 evaluations of the testbed's LoRA denoiser (1.70e8 FLOPs per sample).
 DEFAULT_MODEL = "testbed"
 DEFAULT_METHODS = "rocm-kl,rocm-hellinger,rocm-none,ddpo,d3po"
-DEFAULT_BUDGET = "15000nfe"
+DEFAULT_BUDGET = "2.5tflop"
 
 
 def _split(text: str) -> list[str]:
@@ -76,9 +77,10 @@ def run(
                                                      "real models)."),
     model: Optional[str] = typer.Option(None, help=f"Base model (`bench ls`; default {DEFAULT_MODEL})."),
     seeds: str = typer.Option("0", help="Comma-separated seeds; one run per seed."),
-    budget: Optional[str] = typer.Option(None, help=f"Training compute per run: 2000nfe (denoiser evaluations per "
-                                                    f"sample, backward = 2), or device time: 90s, 10m, 1.5h (default "
-                                                    f"{DEFAULT_BUDGET})."),
+    budget: Optional[str] = typer.Option(None, help=f"Training compute per run: 3e12flop / 2.5tflop (FLOPs of "
+                                                    f"every module, forward and backward), 2000nfe (denoiser "
+                                                    f"evaluations per sample only, backward = 2), or device time: "
+                                                    f"90s, 10m, 1.5h (default {DEFAULT_BUDGET})."),
     out: Optional[Path] = typer.Option(None, help="Suite folder; an existing one is resumed (default results/default, "
                                                   "or SWEEP_DIR/final with --from-sweep)."),
     set_: list[str] = typer.Option([], "--set", help="Override any config field: key=value (repeatable), e.g. "

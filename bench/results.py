@@ -8,7 +8,7 @@ Layout of one suite folder (``bench run --out SUITE``)::
     SUITE/runs/<run_id>/config.json     the resolved config of one run (method x reward x seed), see RunConfig
     SUITE/runs/<run_id>/train.jsonl     one row per outer training step (append-only), see TRAIN_KEYS
     SUITE/runs/<run_id>/eval.jsonl      one row per (evaluation point, split, metric) (append-only), see EVAL_KEYS
-    SUITE/runs/<run_id>/samples/frac{f:.2f}.png   an image grid of held-out prompts at each evaluation point
+    SUITE/runs/<run_id>/samples/frac{f:.2f}.png   an image grid of the reported split at each evaluation point
     SUITE/runs/<run_id>/summary.json    written last, atomically: its presence means the run completed
     SUITE/runs/<run_id>.interrupted-<k>/  an interrupted attempt, moved aside (never deleted) when it is redone
 
@@ -16,14 +16,20 @@ Layout of one suite folder (``bench run --out SUITE``)::
 
 Rows of train.jsonl carry the compute counters (see bench.compute.ComputeMeter.counters) on every row:
 ``step`` (1-based outer step), ``nfe`` (denoiser evaluations per sample, a backward counted as 2),
-``nfe_forward``, ``nfe_backward``, ``reward_calls`` (images scored), ``images`` (images sampled),
-``seconds`` (device time of training work), ``budget_used`` (fraction of the budget spent, 0..1),
-plus the method's own scalar logs (``reward_mean``, ``loss``, ``divergence``, ...).
+``nfe_forward``, ``nfe_backward``, ``flops`` (every training forward and backward: denoiser, decoder, reward,
+text encoder) with its parts ``flops_denoiser``, ``flops_decoder``, ``flops_reward``, ``flops_text``,
+``nfe_eq`` (flops in units of one policy denoiser forward), ``reward_calls`` (images scored), ``images``
+(images sampled), ``seconds`` (device time of training work), ``budget_used`` (fraction of the budget spent),
+plus the method's own scalar logs (``reward_mean``, ``loss``, ``divergence``, ``per_prompt_share``, ...).
 
-Rows of eval.jsonl: ``step``, ``fraction`` (the evaluation point: 0.0 is the base model, 1.0 the end),
-``nfe``, ``seconds`` (compute spent when it was taken), ``split`` ("train" or "heldout"), ``metric``,
-``version``, ``higher_is_better`` (bool), ``value`` (mean over images), ``stderr`` (standard error over
-images, 0 for set metrics), ``n`` (images).
+Rows of eval.jsonl: ``step``, ``fraction`` (the nominal evaluation point k/points: 0.0 is the base model, 1.0
+the end), ``budget_used`` (the fraction really spent), ``nfe``, ``flops``, ``nfe_eq``, ``seconds`` (compute
+spent when it was taken), ``split`` ("train", "validation" or "test"; protocol-1 folders have "heldout"),
+``metric``, ``version``, ``higher_is_better`` (bool), ``value`` (mean over images), ``stderr`` (standard
+error over images; a set metric's own estimate, or 0), ``n`` (images), ``n_prompts`` and ``n_images`` (the
+prompts and images of the split that were evaluated).
+
+Manifests and run configs carry ``protocol`` (docs/protocol.md; absent in protocol-1 folders).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from bench.errors import BenchError
 
 TRAIN_KEYS = ("step", "nfe", "nfe_forward", "nfe_backward", "reward_calls", "images", "seconds", "budget_used")
 EVAL_KEYS = ("step", "fraction", "nfe", "seconds", "split", "metric", "version", "higher_is_better", "value",
-             "stderr", "n")
+             "stderr", "n")  # always present; protocol 2 adds budget_used, flops, nfe_eq, n_prompts, n_images
 
 
 def run_id(method: str, reward: str, seed: int) -> str:

@@ -97,7 +97,8 @@ class _CLIPReward(Reward):
         if new:
             # Same call as the model card's processor(text=..., padding=True, truncation=True, max_length=77).
             tok = self.tokenizer(new, padding=True, truncation=True, max_length=77, return_tensors="pt")
-            emb = self.model.get_text_features(**tok.to(self.device))
+            with self.prompt_forward(tuple(tok.input_ids.shape[1:]), len(new)):  # charged per cache miss
+                emb = self.model.get_text_features(**tok.to(self.device))
             for p, e in zip(new, F.normalize(emb, dim=-1)):
                 self._text_cache[p] = e
         return torch.stack([self._text_cache[p] for p in prompts])

@@ -66,7 +66,9 @@ class HPSv2(Reward):
         """B prompts -> (B, D) unit text features, once per distinct prompt."""
         new = sorted({p for p in prompts if p not in self._text_cache})
         if new:
-            feats = self.model.encode_text(self.tokenizer(new).to(self.device), normalize=True)
+            tokens = self.tokenizer(new).to(self.device)
+            with self.prompt_forward(tuple(tokens.shape[1:]), len(new)):  # charged per cache miss
+                feats = self.model.encode_text(tokens, normalize=True)
             self._text_cache.update(zip(new, feats))
         return torch.stack([self._text_cache[p] for p in prompts])
 
