@@ -30,17 +30,29 @@ MODELS: dict[str, str] = {
 # trained on: HPSv2 when training on PickScore, PickScore when training on anything else).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
-             "select": "colorfulness"},
+             "select": "colorfulness", "latent": (3, 1, 16)},
     "tiny-vae": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
-                 "select": "colorfulness"},
+                 "select": "colorfulness", "latent": (4, 2, 64)},
     "testbed": {"reward": "testbed-pref", "prompts": "testbed",
                 "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"],
-                "select": "testbed-gold"},
+                "select": "testbed-gold", "latent": (3, 1, 16)},
     "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
-                           "select": "hpsv2"},
+                           "select": "hpsv2", "latent": (4, 8, 512)},
     "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
-                      "select": "hpsv2"},
+                      "select": "hpsv2", "latent": (4, 8, 512)},
 }
+# "latent": (channels, decoder upsampling factor, native image side in pixels), so the latent size is known without
+# building the model (bench sweep centres ROCM's per-dimension β ranges on it; tests check it against the models).
+
+
+def latent_dims(model: str, resolution: int = 0) -> int | None:
+    """Latent dimensions C·h·w of a registered model at `resolution` pixels (0 = native); None if unknown."""
+    latent = MODEL_DEFAULTS.get(model, {}).get("latent")
+    if latent is None:
+        return None
+    channels, scale, native = latent
+    side = (resolution or native) // scale
+    return channels * side * side
 
 # β defaults: KL's was chosen on the testbed (seed 0, 15k NFE: β = 10 doubles the proxy while gold reward and FID
 # stay at the base model's; β = 1 and 3 hack the proxy, β = 30 barely moves; see results/README.md). The others

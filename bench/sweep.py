@@ -86,15 +86,12 @@ def metric_direction(metric: str) -> bool:
 
 def method_knobs(method: str, suite) -> dict[str, Knob]:
     """Absolute knob ranges of a registered entry under the suite's `--set`s (which may move a relative range,
-    e.g. ROCM's β with per_dim): the config's resolved_knobs, else registry.knobs_for, else Config.KNOBS."""
-    from bench import registry
+    e.g. ROCM's β, centred on D × β where the per-dimension divergence applies to a D-dimensional latent)."""
     from bench.config import method_config
+    from bench.registry import latent_dims
 
     _, cfg = method_config(method, suite)
-    if hasattr(cfg, "resolved_knobs"):
-        return dict(cfg.resolved_knobs(None))  # None: the latent size is not known before the model is built
-    resolve = getattr(registry, "knobs_for", None)
-    return dict(resolve(method)) if resolve else dict(type(cfg).KNOBS)
+    return dict(cfg.resolved_knobs(latent_dims(suite.model.name, suite.model.resolution)))
 
 
 def free_knobs(method: str, suite) -> dict[str, Knob]:

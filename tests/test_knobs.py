@@ -74,3 +74,15 @@ def test_every_ddpo_group_size_choice_gives_a_valid_config() -> None:
 def test_unknown_method_is_a_bench_error() -> None:
     with pytest.raises(BenchError, match="did you mean 'ddpo'"):
         knobs_for("dppo")
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-vae", "testbed"])
+def test_registered_latent_size_matches_the_built_model(model):
+    import math
+
+    from bench.models import ModelConfig
+    from bench.registry import latent_dims, model_builder
+
+    policy = model_builder(model)(ModelConfig(name=model))
+    assert latent_dims(model) == math.prod(policy.latent_shape)
+    assert latent_dims("lcm-dreamshaper-v7") == 4 * 64 * 64 and latent_dims("lcm-dreamshaper-v7", 768) == 4 * 96 * 96
