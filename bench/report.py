@@ -59,7 +59,7 @@ LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: mean over seeds 
           "so it is an oracle early stop, an upper bound. **hacked**: the metrics that, in more than half of the "
           "row's seeds, got worse from the base model to the last evaluation point while the training reward "
           "improved by any amount (Gao et al. 2022), by more than 1.96·√(se₀² + se₁²), or, for a metric "
-          "without a standard error (set metrics: FID, diversity), by more than {rel:.0%} of its base value. "
+          "without a standard error (set metrics such as diversity, or clean-FID), by more than {rel:.0%} of its base value. "
           "**Bold** is the best mean of its column among the rows not flagged hacked: a hacked row is never bold. "
           "Compute is the mean over seeds of the final training compute.")
 
