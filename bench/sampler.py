@@ -12,8 +12,10 @@ step is deterministic. Stored trajectories index states as `states[:, k]` = the 
 
 One implementation gives: sampling without gradients (storing states, means, σ, log-probs: policy-gradient
 methods); sampling with gradients by reparameterisation (fixed x_{τ_N} and z_n) with per-step gradient
-checkpointing, optionally with the reference model's mean at every visited state (ROCM); re-scoring a stored
-step under the current parameters (`step_log_prob`); and the reference mean at a stored state.
+checkpointing, optionally with the reference model's mean at every visited state (ROCM); truncated gradients,
+where only the last K steps carry gradient (DRaFT-K, AlignProp), and trajectories that stop early at step j,
+whose x̂_0 = f_θ(x_j, τ_j) ends them (ReFL); re-scoring a stored step under the current parameters
+(`step_log_prob`); and the reference mean at a stored state.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def _step_mean(policy: Policy, x: torch.Tensor, t: int, cond: torch.Tensor, w: f
 
 def sample(policy: Policy, prompts: list[str], cfg: SamplerConfig, generator: torch.Generator, *,
            grad: bool = False, with_reference: bool = False, detach_reference_state: bool = False,
-           init: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> Trajectory:
+           init: torch.Tensor | None = None, rows: torch.Tensor | None = None, grad_steps: int | None = None,
+           last_step: int | None = None) -> Trajectory:
     """Draw one trajectory per prompt.
 
     grad=False: no graph is kept (policy-gradient methods store the trajectory and re-score it later).
@@ -125,11 +128,27 @@ def sample(policy: Policy, prompts: list[str], cfg: SamplerConfig, generator: to
     init: the initial noise x_{τ_N} (B, C, H, W) to start from (D3PO's pairs share it); drawn if None.
     rows: data parallelism (bench/distributed.py): `prompts` and `init` are the global batch, all of its noise is
     drawn (keeping every process's generator in step) and only these rows are sampled.
+    grad_steps (with grad=True): only the last K = grad_steps steps run carry gradient (DRaFT-K; None or K >= the
+    steps run: all of them). The steps before run without gradient (no graph, no checkpoint), so the state
+    entering the last K steps is detached; with_reference then evaluates the reference only on those K steps (a
+    divergence where no gradient flows cannot regularise) and `ref_means` is NaN on the steps before.
+    last_step: stop after step j = last_step (0 … N-1, counted from the first, noisiest step), whose
+    x̂_0 = f_θ(x_j, τ_j) ends the trajectory as the final step's does (ReFL); the Trajectory's schedule is then
+    the first j + 1 timesteps. All N-1 steps' noise is still drawn, so the generator moves on alike for every j.
     """
     sched = make_schedule(policy, cfg)
     dev, n = policy.device, len(prompts)
     x = torch.randn((n, *policy.latent_shape), generator=generator) if init is None else init
     noise = torch.randn((n, max(len(sched.timesteps) - 1, 0), *policy.latent_shape), generator=generator)
+    if last_step is not None:
+        if not 0 <= last_step < len(sched.timesteps):
+            raise BenchError(f"last_step must be in 0 … {len(sched.timesteps) - 1} (sampler.steps - 1), "
+                             f"got {last_step}")
+        sched = Schedule(sched.timesteps[:last_step + 1], sched.alpha_bar_prev[:last_step], sched.sigmas[:last_step])
+        noise = noise[:, :last_step]
+    if grad_steps is not None and grad_steps < 1:
+        raise BenchError(f"grad_steps must be >= 1 (None: every step), got {grad_steps}")
+    first_grad = max(len(sched.timesteps) - grad_steps, 0) if grad_steps is not None else 0  # first step with grad
     if rows is not None:
         prompts, x, noise = [prompts[i] for i in rows.tolist()], x[rows], noise[rows]
     x, noise, b = x.to(dev), noise.to(dev), len(prompts)
@@ -141,18 +160,23 @@ def sample(policy: Policy, prompts: list[str], cfg: SamplerConfig, generator: to
     # recomputing it would only cost time (its activations are one step's, the same for any N).
     direct = lambda fn, *a: fn(*a)  # noqa: E731
     if grad and cfg.checkpointing:
-        ckpt = lambda fn, *a: checkpoint(fn, *a, use_reentrant=False)  # noqa: E731
+        checkpointed = lambda fn, *a: checkpoint(fn, *a, use_reentrant=False)  # noqa: E731
     else:
-        ckpt = direct
-    with torch.set_grad_enabled(grad):
+        checkpointed = direct
+    with torch.set_grad_enabled(grad):  # restores the caller's grad mode on exit, whatever the steps set below
         for k, t in enumerate(sched.timesteps):
             last = k == len(sched.timesteps) - 1
+            tracked = k >= first_grad  # this step carries gradient (every step unless grad_steps truncates)
+            torch.set_grad_enabled(grad and tracked)
+            ckpt = checkpointed if tracked else direct
             a_prev = ones if last else sched.alpha_bar_prev[k].to(dev)
             mean = (direct if last else ckpt)(_step_mean, policy, x, t, cond, cfg.guidance_scale, a_prev, False)
             if last:
                 x0 = mean
                 break
-            if with_reference:
+            if with_reference and not tracked:
+                ref_means.append(torch.full_like(mean, float("nan")))  # not evaluated: see grad_steps
+            elif with_reference:
                 x_ref = x.detach() if detach_reference_state else x
                 ref_means.append(ckpt(_step_mean, policy, x_ref, t, cond, cfg.guidance_scale, a_prev, True))
             sigma = sched.sigmas[k].to(dev)

@@ -89,6 +89,64 @@ def d3po_loss(
     return loss, info
 
 
+def rebel_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    log_prob_prime: Tensor,
+    old_log_prob_prime: Tensor,
+    advantages: Tensor,
+    advantages_prime: Tensor,
+    eta: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """REBEL's squared regression loss on pairs (y, y') of trajectories of one prompt (Gao et al. 2024), in
+    RLCM's form (Owen-Oertell/rlcm lcm_rl_pytorch/core/rebel_training_loop.py, lines 268-331):
+
+        Δ(y) = Σ_k [log_prob(k; y) - old_log_prob(k; y)]          (a sum over the stochastic steps k)
+        loss = mean over pairs of ( eta · (Δ(y) - Δ(y')) - (A(y) - A(y')) )²
+
+    Log-probabilities are (B, K): B pairs, K steps (the last dim is summed; K = 0 gives Δ = 0); advantages
+    are (B,). `eta` is RLCM's `rebel_lr` (1 there), i.e. 1/η of the paper's (1/η)·log-ratio form. Δ is per
+    trajectory: RLCM's new-policy sum (its lines 321-325) also runs over the minibatch's samples, which its
+    own old-policy sum (line 268) does not do; we read that as a slip and sum over steps only.
+
+    info (floats, on the pairs): gap = mean |eta (Δ(y) - Δ(y'))|; agreement = fraction of pairs whose
+    log-ratio gap has the sign of their advantage gap (0 while θ = θ_old); explained = 1 - loss /
+    mean((A - A')²), the share of the target's square the fit removes (0 at θ_old, 1 at a perfect fit).
+    """
+    if eta <= 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    gap = eta * ((log_prob - old_log_prob).sum(-1) - (log_prob_prime - old_log_prob_prime).sum(-1))  # (B,)
+    target = advantages - advantages_prime  # (B,)
+    loss = ((gap - target) ** 2).mean()
+    with torch.no_grad():
+        info = {
+            "gap": float(gap.abs().mean()),
+            "agreement": float((gap * target > 0).float().mean()),
+            "explained": float(1.0 - loss / (target**2).mean().clamp_min(1e-12)),
+        }
+    return loss, info
+
+
+def refl_loss(reward: Tensor, shift: float, scale: float) -> tuple[Tensor, dict[str, float]]:
+    """ReFL's reward loss (Xu et al. 2023; THUDM/ImageReward ImageReward/ReFL.py at c1392c6, lines 755-756):
+
+        loss = scale · mean( relu(shift - reward) )
+
+    ImageReward's constants are shift = 2 and scale = grad_scale = 1e-3 (scripts/train_refl.sh), set for its
+    score, which is standardised (about zero mean, unit spread): a reward stops pulling once it is above `shift`
+    (about two standard deviations above the mean there), and `scale` only shrinks the gradient (under Adam it
+    matters through gradient clipping and ε alone). Other rewards need their own values. reward: (B,).
+
+    info (floats): active = fraction of rewards below shift (those with gradient), hinge = mean relu(shift - r).
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    hinge = F.relu(shift - reward)  # (B,)
+    with torch.no_grad():
+        info = {"active": float((reward < shift).float().mean()), "hinge": float(hinge.mean())}
+    return hinge.mean() * scale, info
+
+
 def clip_advantages(adv: Tensor | np.ndarray, max_abs: float) -> Tensor | np.ndarray:
     """Advantages clipped to [-max_abs, max_abs] (DDPO's adv_clip_max); keeps the input's type."""
     if max_abs <= 0:
@@ -96,6 +154,68 @@ def clip_advantages(adv: Tensor | np.ndarray, max_abs: float) -> Tensor | np.nda
     if isinstance(adv, Tensor):
         return torch.clamp(adv, -max_abs, max_abs)
     return np.clip(adv, -max_abs, max_abs)
+
+
+def regularised_ppo_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    clip_range: float,
+    divergence: Tensor,
+    beta: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """PPO-clip on one stored step plus β times the batch mean of a per-sample divergence to the reference
+    policy at that step (DPOK, Fan et al. 2023; Flow-GRPO's per-step KL, Liu et al. 2025):
+
+        loss = ppo_clip_loss(log_prob, old_log_prob, A, eps) + beta * mean(divergence)
+
+    divergence: (B,) D(π_θ(·|x_k) ‖ π_ref(·|x_k)) at the stored states x_k, with gradient w.r.t. θ only
+    through the policy's mean (the caller computes the reference mean without gradient). beta = 0 gives
+    ppo_clip_loss exactly. info: ppo_clip_loss's, plus policy_loss (the PPO term) and divergence (its mean).
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    policy_loss, info = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range)
+    mean_divergence = divergence.mean()
+    loss = policy_loss + beta * mean_divergence
+    info |= {"divergence": float(mean_divergence.detach()), "policy_loss": float(policy_loss.detach())}
+    return loss, info
+
+
+def group_advantages(
+    rewards: Tensor,
+    group_size: int,
+    eps: float = 1e-4,
+    global_std: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """GRPO's group-relative advantages (Flow-GRPO, DanceGRPO): rewards (B,) laid out as B / G consecutive
+    groups of G samples of one prompt, [g_0] * G + [g_1] * G + …, and
+
+        A_i = (r_i - mean_G r) / (std_G r + eps),
+
+    mean and std over the sample's own group, std the population one (ddof 0, as Flow-GRPO's np.std; DanceGRPO
+    uses torch.std, ddof 1). global_std: divide by the std of the whole batch instead (Flow-GRPO's
+    sample.global_std). A group whose rewards are all equal carries no preference: its advantages are exactly
+    0 (never 0/0 = NaN, nor rounding noise divided by eps, whatever eps, even 0).
+
+    Computed in float64; returns (advantages (B,) in the rewards' dtype, zero_std (B,) bool: True where the
+    sample's group had no spread). The caller clips them (clip_advantages) if it wants.
+    """
+    if group_size < 1 or rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be (B,) with B a multiple of group_size {group_size}, "
+                         f"got shape {tuple(rewards.shape)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    r = rewards.detach().to(torch.float64).reshape(-1, group_size)  # (B/G, G)
+    centred = r - r.mean(dim=1, keepdim=True)  # (B/G, G)
+    if global_std:  # (1, 1): the whole batch's spread
+        std = r.reshape(-1).std(correction=0).reshape(1, 1)
+    else:  # (B/G, 1): each group's own
+        std = r.std(dim=1, correction=0, keepdim=True)
+    zero = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)).expand_as(r)  # (B/G, G)
+    # The denominator of a zero-spread group is replaced by 1 so that no 0/0 is ever formed (its value is 0).
+    adv = torch.where(zero, torch.zeros_like(r), centred / torch.where(zero, torch.ones_like(std), std + eps))
+    return adv.reshape(-1).to(rewards.dtype), zero.reshape(-1)
 
 
 class PerPromptStatTracker:

@@ -6,7 +6,8 @@ f-divergence between the trained and the frozen model's per-step Gaussian polici
 The image is a differentiable function of θ through every sampling step (reparameterised sampling with
 fixed noise, per-step checkpointing), so the reward must be differentiable. Both policies at a step share
 σ_k, so D_f depends only on δ_k = ‖μ_θ - μ_ref‖ / σ_k (methods/divergences.py). `divergence="none"` (β = 0)
-is unregularised ROCM — DRaFT/AlignProp on an LCM — the ablation that shows reward hacking.
+is unregularised ROCM — full-trajectory DRaFT on an LCM (methods/draft.py truncates it to the last K steps:
+DRaFT-K, AlignProp) — the ablation that shows reward hacking.
 
 Logged per step besides the reward and the loss: `per_dim` (the resolved form of δ, 0 or 1) and, when
 regularised, `delta_k0`, `delta_k1`, … (the batch mean of the whole-vector δ_k at each noisy step k), so a
@@ -25,7 +26,7 @@ from bench.distributed import Dist
 from bench.errors import BenchError, unknown_name
 from bench.method import Knob, Method, TrainConfig
 from bench.reward import require_differentiable
-from bench.sampler import sample
+from bench.sampler import Trajectory, sample
 from methods.divergences import (
     DIVERGENCES,
     STEP_WEIGHT_MODES,
@@ -95,8 +96,27 @@ class ROCMConfig(TrainConfig):
         return scale
 
 
+def regulariser(traj: Trajectory, cfg: ROCMConfig, per_dim: bool, first_step: int = 0) -> tuple[torch.Tensor, dict]:
+    """Σ_{k >= first_step} w_k D_f(π_θ(·|x_k) ‖ π_ref(·|x_k)) over the noisy steps k of `traj` (B,), and the logs
+    delta_k{k}: the batch mean of the whole-vector δ_k at each, whatever form the divergence uses. `first_step`:
+    the first noisy step whose reference mean was evaluated (DRaFT's truncated gradients evaluate fewer)."""
+    divergence = traj.means.new_zeros(traj.means.shape[0])  # (B,)
+    deltas = {}
+    weights = step_weights(traj.schedule.alpha_bar_prev, cfg.step_weighting).to(divergence)  # (N-1,)
+    for k in range(first_step, traj.num_noisy_steps):
+        mean, ref, sigma = traj.means[:, k], traj.ref_means[:, k], traj.schedule.sigmas[k].item()
+        d = gaussian_divergence(cfg.divergence, mean, ref, sigma, per_dim=per_dim)  # (B,)
+        divergence = divergence + weights[k] * d
+        deltas[f"delta_k{k}"] = whole_vector_delta(mean, ref, sigma).mean().item()
+    return divergence, deltas
+
+
 class ROCM(Method):
-    """ROCM: reward back-propagated through every LCM step, with an f-divergence to the frozen model."""
+    """ROCM: reward back-propagated through every LCM step, with an f-divergence to the frozen model.
+
+    Two overridable pieces (DRaFT-K and AlignProp, methods/draft.py, change only these): `grad_steps()`, how many
+    final sampling steps carry gradient this step (None: all), and `score(traj)`, the differentiable reward.
+    """
 
     Config = ROCMConfig
     first_order = True
@@ -107,25 +127,30 @@ class ROCM(Method):
         self.regularised = cfg.divergence != "none" and cfg.beta > 0
         self.per_dim = cfg.uses_per_dim(math.prod(policy.latent_shape))
 
+    def grad_steps(self) -> int | None:
+        """How many final sampling steps carry gradient this outer step: None, every one (ROCM)."""
+        return None
+
+    def score(self, traj: Trajectory) -> tuple[torch.Tensor, dict[str, float]]:
+        """The reward to maximise (B,), differentiable w.r.t. θ, and extra logs (process-local means)."""
+        return self.reward(traj.images, traj.prompts), {}
+
     def step(self) -> dict[str, float]:
         cfg = self.cfg
         rows = self.dist.rows(cfg.batch_size)  # this process's share of the global batch (all of it in one process)
+        grad_steps = self.grad_steps()  # drawn before the prompts: the same generator calls in every process
         traj = sample(self.policy, self.draw_prompts(cfg.batch_size), self.sampler, self.generator, grad=True,
-                      with_reference=self.regularised, detach_reference_state=cfg.detach_state, rows=rows)
-        reward = self.reward(traj.images, traj.prompts)  # (B,), differentiable w.r.t. θ through every step
-        divergence = torch.zeros_like(reward)  # (B,) Σ_k w_k D_f at the visited states
-        deltas = {}  # delta_k{k}: batch mean of the whole-vector δ_k, whatever form the regulariser uses
+                      with_reference=self.regularised, detach_reference_state=cfg.detach_state, rows=rows,
+                      grad_steps=grad_steps)
+        reward, extra = self.score(traj)  # (B,), differentiable w.r.t. θ through every step that carries gradient
+        divergence, deltas = torch.zeros_like(reward), {}  # (B,) Σ_k w_k D_f at the visited states
         if self.regularised:
-            weights = step_weights(traj.schedule.alpha_bar_prev, cfg.step_weighting).to(reward)  # (N-1,)
-            for k in range(traj.num_noisy_steps):
-                mean, ref, sigma = traj.means[:, k], traj.ref_means[:, k], traj.schedule.sigmas[k].item()
-                d = gaussian_divergence(cfg.divergence, mean, ref, sigma, per_dim=self.per_dim)  # (B,)
-                divergence = divergence + weights[k] * d
-                deltas[f"delta_k{k}"] = whole_vector_delta(mean, ref, sigma).mean().item()
+            first = max(len(traj.schedule.timesteps) - grad_steps, 0) if grad_steps else 0  # first step with gradient
+            divergence, deltas = regulariser(traj, cfg, self.per_dim, first)
         loss = -(reward - cfg.beta * divergence).mean()
         self.backward(loss, self.dist.share(len(rows), cfg.batch_size))
         grad_norm = self.update()
         self.steps_done += 1
         logs = self.dist.mean({"reward_mean": reward.mean().item(), "divergence": divergence.mean().item(),
-                               "loss": loss.item(), **deltas})
+                               "loss": loss.item(), **deltas, **extra})
         return logs | {"grad_norm": grad_norm, "per_dim": float(self.per_dim)}

@@ -1,0 +1,122 @@
+"""DRaFT-K and AlignProp on an LCM: reward back-propagation through only the last K sampling steps (Clark et al.
+2024, "Directly Fine-Tuning Diffusion Models on Differentiable Rewards", ICLR; Prabhudesai et al. 2023,
+"Aligning Text-to-Image Diffusion Models with Reward Backpropagation", mihirp1998/AlignProp, read:
+sd_pipeline.py and config/alignprop_config.py at commit b22918a).
+
+    maximise  E[ r(image_θ, c) ]  -  β · E[ Σ_{k in the last K steps} w_k · D_f( π_θ(·|x_k) ‖ π_ref(·|x_k) ) ]
+
+Sampling is ROCM's (methods/rocm.py): reparameterised, fixed noise, the same shared sampler; but only the last K
+of the N steps carry gradient (bench/sampler.py `grad_steps`): the N - K steps before run without gradient, so the
+state entering the last K steps is a constant and the image depends on θ only through those K evaluations of f_θ.
+K = 1 (DRaFT-1) differentiates through the final x̂_0 = f_θ(x_{τ_1}, τ_1) alone; K >= N is unregularised ROCM.
+This isolates what full-trajectory gradients buy over truncated ones. Unregularised by default (β = 0, as both
+papers train); the optional regulariser is ROCM's, on the steps that carry gradient only.
+
+- DRaFT-K: K fixed (`k`).
+- AlignProp: K drawn anew every outer step (`k_min` > 0): uniformly from {k_min, …, k}. AlignProp's pipeline draws
+  the first step with gradient, j, and detaches the UNet output of every step before it (the same gradient as
+  detaching the state: nothing before j depends on θ then; it keeps their graphs, we run them without one). Its
+  "uniform" strategy draws j from randint(0, 50) and redraws until 1 <= j <= 49, so K = 50 - j is uniform on
+  {1, …, N-1}: the first step never carries gradient; the `alignprop` entry sets [1, 3], that range at N = 4.
+  (Its config's default strategy is "gaussian", j ~ N(42, 5²) of 50, i.e. K ≈ 8 of 50; its paper describes the
+  uniform one, which we follow.)
+- DRaFT-LV (`n_lv` > 1): the reward gradient of the final step averaged over n_lv draws of that step's input.
+  The paper's DRaFT-LV (as we read it; not checked against its text here) re-noises the final sample to the last
+  step's noise level with fresh noise and denoises it again, for K = 1. On an LCM the state entering the last step
+  is x_{τ_1} = μ + σ z with μ = sqrt(ᾱ) f_θ(x_{τ_2}, τ_2) (the last noisy step's mean); we re-draw z, keeping μ:
+  x^{(i)} = μ + σ z_i, i = 1 … n_lv - 1, so every draw is a sample of the same sampler's x_{τ_1} given x_{τ_2}
+  (re-noising the final x̂_0 instead would add an (N+1)-th step), and draw 0 is the trajectory's own. The extra
+  draws cost one denoiser forward, decode and reward each (and their backward). For K >= 2, μ itself carries
+  gradient, and every draw passes it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from bench.distributed import Dist
+from bench.errors import BenchError
+from bench.method import Knob
+from bench.sampler import Trajectory
+from methods.rocm import ROCM, ROCMConfig
+
+
+@dataclass
+class DraftConfig(ROCMConfig):
+    """DRaFT-K / AlignProp fields; the regulariser's fields (divergence, beta, per_dim, step_weighting,
+    detach_state) are ROCM's and act only on the steps that carry gradient. Defaults: DRaFT-1 (K = 1), unregularised.
+
+    Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log), k (integer, 1 to 4: at the default N = 4 sampling steps, from DRaFT-1
+    to the whole trajectory; K >= N means every step), and ROCM's β (relative, dropped while the entry's β is 0,
+    i.e. swept only where regularised). For AlignProp, `k` is the top of the range [k_min, k] K is drawn from.
+    Our choices where the originals are silent: K above N is clamped to N (logged as `k`); the learning rate is ROCM's
+    3e-3 (LoRA on the testbed), not the papers' (real models, other batch sizes).
+    """
+
+    KNOBS: ClassVar[dict[str, Knob]] = ROCMConfig.KNOBS | {"k": Knob(1, 4, integer=True)}
+
+    divergence: str = "none"
+    """ROCM's divergence field; "none" by default: unregularised, as both papers train."""
+    beta: float = 0.0
+    """ROCM's β (0 with divergence "none"); weights the divergence on the steps that carry gradient only."""
+    k: int = 1
+    """K: how many final sampling steps carry gradient (1 = DRaFT-1; >= sampler.steps: all, unregularised ROCM).
+    With k_min > 0, the largest K drawn."""
+    k_min: int = 0
+    """0: K = k every outer step (DRaFT-K). > 0: AlignProp's randomised truncation, K drawn uniformly from
+    {k_min, …, k} every outer step (from the method's generator: the same in every process)."""
+    n_lv: int = 1
+    """DRaFT-LV: draws of the final step's input whose rewards are averaged (1 = off; the draws beyond the first
+    re-draw the last noisy step's noise z, see the module docstring). Needs sampler.steps >= 2."""
+
+    def resolve(self, name: str) -> None:
+        super().resolve(name)
+        if self.k < 1:
+            raise BenchError(f"{name}: k must be >= 1 (the last k sampling steps carry gradient), got {self.k}")
+        if not 0 <= self.k_min <= self.k:
+            raise BenchError(f"{name}: k_min must be 0 (K fixed) or in 1 … k ({self.k}), got {self.k_min}")
+        if self.n_lv < 1:
+            raise BenchError(f"{name}: n_lv must be >= 1 (1: no extra draws), got {self.n_lv}")
+
+
+class Draft(ROCM):
+    """DRaFT-K / AlignProp: reward gradients through the last K sampling steps only (ROCM truncated)."""
+
+    Config = DraftConfig
+
+    def __init__(self, name, cfg: DraftConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
+        super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
+        if cfg.n_lv > 1 and sampler.steps < 2:
+            raise BenchError(f"{name}: n_lv > 1 re-draws the last noisy step, which needs sampler.steps >= 2, "
+                             f"got {sampler.steps}")
+        self.k_now = min(cfg.k, sampler.steps)  # K of the current outer step, after clamping to N (logged)
+
+    def grad_steps(self) -> int:
+        cfg = self.cfg
+        k = int(torch.randint(cfg.k_min, cfg.k + 1, (), generator=self.generator)) if cfg.k_min else cfg.k
+        self.k_now = min(k, self.sampler.steps)
+        return self.k_now
+
+    def score(self, traj: Trajectory) -> tuple[torch.Tensor, dict[str, float]]:
+        reward = self.reward(traj.images, traj.prompts)  # (b,) the trajectory's own images: draw 0
+        logs = {"k": float(self.k_now)}
+        if self.cfg.n_lv == 1:
+            return reward, logs
+        extra = self._extra_draws(traj)  # (n_lv - 1, b)
+        return torch.cat([reward[None], extra]).mean(0), logs | {"reward_traj": reward.mean().item()}
+
+    def _extra_draws(self, traj: Trajectory) -> torch.Tensor:
+        """Rewards (n_lv - 1, b) of the final step from re-drawn inputs x^{(i)} = μ + σ z_i of the last noisy step."""
+        n, b, k = self.cfg.n_lv - 1, len(traj.prompts), traj.num_noisy_steps - 1
+        # Noise for the global batch, then this process's rows: every process's generator stays in step.
+        z = torch.randn((n, self.cfg.batch_size, *self.policy.latent_shape), generator=self.generator)
+        z = z[:, self.dist.rows(self.cfg.batch_size)].to(traj.means)  # (n, b, C, H, W)
+        x = (traj.means[:, k][None] + traj.schedule.sigmas[k].item() * z).flatten(0, 1)  # (n b, C, H, W), draw-major
+        x0 = self.policy.consistency(x, traj.schedule.timesteps[-1], traj.cond.repeat(n, 1, 1),
+                                     self.sampler.guidance_scale)
+        images = self.policy.decode(x0)  # (n b, 3, H', W')
+        self.policy.meter.charge_images(n * b)
+        return self.reward(images, traj.prompts * n).view(n, b)
