@@ -49,7 +49,11 @@ from bench.models import ModelConfig
 from bench.registry import METHODS, model_builder, reward_class
 
 REWARD = "brightness"  # differentiable and nearly free, so every method can train on it
-TARGETS = {"ddpo": 1.03, "d3po": 1.03, "rocm": 1.40}  # step time / bare compute, by method family
+# grpo and dpok: DDPO's loop (sample, then a forward and a backward per stored step) plus D3PO's no-grad reference
+# forwards, so DDPO's and D3PO's target (tiny, 1 thread: 1.029x and 1.027x measured under load).
+TARGETS = {"ddpo": 1.03, "d3po": 1.03, "grpo": 1.03, "dpok": 1.03,  # step time / bare compute, by method family
+           "rebel": 1.03,  # DDPO's work per step (default: one graph per minibatch); 1.011x on tiny, 1 thread
+           "rocm": 1.40}
 MEMORY_TARGET = 1.25  # ROCM with checkpointing: step peak at 8 sampling steps / at 1
 BARE = ("UNet forwards (+ backward where the step back-propagated through them), VAE decode and reward calls, "
         "replayed at the recorded shapes and grad modes without any checkpointing; checkpoint recomputes, text "
@@ -227,7 +231,8 @@ def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
 
 # ---- peak memory: one fresh process per configuration -----------------------------------------------------
 # What the forkserver imports once, so that each child starts clean but fast (a missing one the child imports).
-PRELOAD = ["bench.perf", "bench.runner", "methods.rocm", "methods.ddpo", "methods.d3po", "rewards.toy",
+PRELOAD = ["bench.perf", "bench.runner", "methods.rocm", "methods.draft", "methods.refl", "methods.ddpo",
+           "methods.d3po", "methods.grpo", "methods.dpok", "methods.rebel", "rewards.toy",
            "diffusers.models.unets.unet_2d_condition", "diffusers.models.autoencoders.autoencoder_kl",
            "diffusers.schedulers.scheduling_lcm", "transformers.models.clip.modeling_clip", "peft"]
 

@@ -70,8 +70,16 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rocm-tv": ("methods.rocm:ROCM", {"divergence": "tv", "beta": 13.0}),
     "rocm-chi2": ("methods.rocm:ROCM", {"divergence": "chi2", "beta": 5.0}),
     "rocm-none": ("methods.rocm:ROCM", {"divergence": "none", "beta": 0.0}),
+    # Truncated first-order methods (methods/draft.py, methods/refl.py), unregularised as published: DRaFT-1, and
+    # AlignProp's K uniform on {1, …, N-1} at the default N = 4 sampling steps.
+    "draft-k": ("methods.draft:Draft", {"k": 1}),
+    "alignprop": ("methods.draft:Draft", {"k_min": 1, "k": 3}),
+    "refl": ("methods.refl:ReFL", {}),
     "ddpo": ("methods.ddpo:DDPO", {}),
     "d3po": ("methods.d3po:D3PO", {}),
+    "grpo": ("methods.grpo:GRPO", {}),
+    "dpok": ("methods.dpok:DPOK", {}),
+    "rebel": ("methods.rebel:REBEL", {}),
 }
 
 REWARDS: dict[str, str] = {
