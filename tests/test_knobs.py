@@ -73,7 +73,7 @@ def test_every_ddpo_group_size_choice_gives_a_valid_config() -> None:
 
 def test_unknown_method_is_a_bench_error() -> None:
     with pytest.raises(BenchError, match="did you mean 'ddpo'"):
-        knobs_for("dppo")
+        knobs_for("ddpoo")
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-vae", "testbed"])
