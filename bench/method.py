@@ -83,6 +83,13 @@ class TrainConfig:
         return out
 
 
+def check_pair_batch(name: str, batch_size: int, train_batch_size: int) -> None:
+    """Pair methods (D3PO, REBEL) sample batch_size / 2 pairs and update on train_batch_size pairs at a time."""
+    if batch_size % 2 or (batch_size // 2) % train_batch_size:
+        raise BenchError(f"{name}: batch_size ({batch_size}) must be twice a multiple of train_batch_size "
+                         f"({train_batch_size}): samples come in pairs")
+
+
 class Method:
     """Base class. Subclasses set `Config` (a TrainConfig dataclass) and implement `step()`."""
 

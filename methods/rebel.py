@@ -37,7 +37,7 @@ import torch
 
 from bench.distributed import Dist
 from bench.errors import BenchError
-from bench.method import Knob, Method, TrainConfig
+from bench.method import Knob, Method, TrainConfig, check_pair_batch
 from bench.sampler import Trajectory, sample, step_log_prob
 from methods.losses import PerPromptStatTracker, rebel_loss
 
@@ -113,9 +113,7 @@ class REBELConfig(TrainConfig):
 
     def resolve(self, name: str) -> None:
         super().resolve(name)
-        if self.batch_size % 2 or (self.batch_size // 2) % self.train_batch_size:
-            raise BenchError(f"{name}: batch_size ({self.batch_size}) must be twice a multiple of train_batch_size "
-                             f"({self.train_batch_size}): samples come in pairs")
+        check_pair_batch(name, self.batch_size, self.train_batch_size)
         if self.eta <= 0:
             raise BenchError(f"{name}: eta must be > 0, got {self.eta}")
         if self.inner_epochs < 1:
