@@ -2,12 +2,11 @@
 with the same global batch — the same compute charged, the same weights within float tolerance, one writer."""
 
 import json
-import os
-import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file
+
+from tests.multiprocess import one_and_two_processes
 
 ARGS = ["run", "--model", "tiny", "--methods", "rocm-kl,ddpo,d3po", "--rewards", "brightness", "--budget", "200nfe",
         "--no-progress",
@@ -17,13 +16,7 @@ ARGS = ["run", "--model", "tiny", "--methods", "rocm-kl,ddpo,d3po", "--rewards",
 
 
 def test_two_processes_match_one(tmp_path):
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "bench", *ARGS, "--out", str(one)], check=True, env=env, timeout=600)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench"]
-    p = subprocess.run([*launch, *ARGS, "--out", str(two)], env=env, timeout=600, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
+    one, two, p = one_and_two_processes(ARGS, tmp_path)
     assert p.stdout.count("runs in") == 1  # one process reports
     for run in (one / "runs").iterdir():
         a, b = (json.loads((d / run.name / "summary.json").read_text()) for d in (one / "runs", two / "runs"))

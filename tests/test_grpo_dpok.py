@@ -360,13 +360,9 @@ def test_two_processes_match_one(tmp_path) -> None:
             "--set", "method.prompts_per_step=2", "--set", "method.samples_per_prompt=4",
             "--set", "method.train_batch_size=4", "--set", "grpo.same_latent=true",
             "--set", "grpo.timestep_fraction=0.5", "--set", "grpo.beta=1", "--set", "sampler.steps=5"]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "bench", *args, "--out", str(one)], check=True, env=env, timeout=600)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench"]
-    p = subprocess.run([*launch, *args, "--out", str(two)], env=env, timeout=600, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
+    from tests.multiprocess import one_and_two_processes
+
+    one, two, _ = one_and_two_processes(args, tmp_path)
     for name in ("grpo__brightness__seed0", "dpok__brightness__seed0"):
         a, b = (json.loads((d / "runs" / name / "summary.json").read_text()) for d in (one, two))
         assert b["processes"] == 2 and (a["nfe"], a["steps"], a["images"]) == (b["nfe"], b["steps"], b["images"])

@@ -216,13 +216,9 @@ def test_bench_run_and_one_line_errors(tmp_path) -> None:
 def test_two_processes_match_one(tmp_path) -> None:
     # 2 pairs per process; memory_saving: its own backward loop, where a process may hold none of a minibatch
     args = ["run", "--methods", "rebel", *SMALL, "--set", "rebel.batch_size=8", "--set", "rebel.memory_saving=true"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    p = bench(*args, "--out", str(one))
-    assert p.returncode == 0, p.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench"]
-    p = subprocess.run([*launch, *args, "--out", str(two)], env=ENV, timeout=600, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
+    from tests.multiprocess import one_and_two_processes
+
+    one, two, _ = one_and_two_processes(args, tmp_path)
     run = "rebel__brightness__seed0"
     a, b = (json.loads((d / "runs" / run / "summary.json").read_text()) for d in (one, two))
     assert (a["processes"], b["processes"]) == (1, 2)
