@@ -1,6 +1,6 @@
 """Compute accounting: budgets, and the meter that every training model call is charged to.
 
-The mission compares methods at a matched compute budget (METHODS.md §5). A budget has one of three units:
+The mission compares methods at a matched compute budget (docs/protocol.md §3). A budget has one of three units:
 
   - FLOPs, "3e15flop", "40gflop", "2.5tflop", "1pflop" (k, m, g, t, p, e prefixes; "flops" also reads):
     every training forward and backward of every model — the denoiser (policy and frozen reference), the
