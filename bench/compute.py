@@ -230,12 +230,12 @@ class ComputeMeter:
     @contextmanager
     def timing(self):
         """Device time of training work; synchronises an accelerator so queued kernels are counted."""
-        _sync()
+        sync_device()
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            _sync()
+            sync_device()
             if self.active:
                 self.seconds += time.perf_counter() - t0
 
@@ -268,6 +268,6 @@ class ComputeMeter:
         self.flops_per_nfe = self.flops_total / nfe_eq if nfe_eq > 0 else 0.0
 
 
-def _sync() -> None:
+def sync_device() -> None:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()

@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.checks import at_least, one_of, positive, require_differentiable
 from bench.compute import Budget
 from bench.errors import BenchError, unknown_name
 from bench.models import ModelConfig
@@ -71,6 +72,8 @@ class SuiteConfig:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     method_sets: dict[str, dict[str, str]] = field(default_factory=dict)
     """Raw `--set` values for method fields, by prefix (method name, family, or "method")."""
+    explicit: set[str] = field(default_factory=set)
+    """Section keys given by `--set` (e.g. "sampler.guidance_scale"): a model's own defaults never override them."""
     device: str = "cpu"
 
 
@@ -124,6 +127,7 @@ def apply_sets(suite: SuiteConfig, sets: list[str]) -> None:
         prefix, name = key.rsplit(".", 1)
         if prefix in SECTIONS:
             set_field(getattr(suite, prefix), name, value, key)
+            suite.explicit.add(key)
         else:
             suite.method_sets.setdefault(prefix, {})[name] = value
 
@@ -152,9 +156,10 @@ def method_config(name: str, suite: SuiteConfig):
 
 
 def validate(suite: SuiteConfig) -> None:
-    """Every name, value and combination, before anything runs or is written."""
+    """Every name, value and combination, before anything runs or is written; plugin import paths in the
+    suite's names are replaced by the names the plugins declare."""
     from bench.prompts import SPLITS
-    from bench.registry import METHODS, metric_class, method_class, model_builder, reward_class
+    from bench.registry import METHODS, find, metric_class, method_class, model_builder, reward_class, resolve_names
 
     if not suite.methods:
         raise BenchError("no methods given: e.g. --methods rocm-kl,ddpo (see `bench ls`)")
@@ -162,6 +167,12 @@ def validate(suite: SuiteConfig) -> None:
         raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
     if not suite.seeds:
         raise BenchError("no seeds given: e.g. --seeds 0,1,2")
+    # Plugins given as package.module:Name (or installed entry points) -> their declared registry names, which
+    # name the run folders; each is checked to be a Method / Reward / metric / model builder.
+    suite.methods = resolve_names("method", suite.methods)
+    suite.rewards = resolve_names("reward", suite.rewards)
+    suite.eval.metrics = tuple(resolve_names("metric", suite.eval.metrics))
+    suite.model.name = find("model", suite.model.name)
     model_builder(suite.model.name)
     from bench.hub import require_cached
 
@@ -175,31 +186,49 @@ def validate(suite: SuiteConfig) -> None:
             raise BenchError(f"--set method.{fname}: no method in this suite has a field '{fname}'")
     for r in suite.rewards:
         reward_class(r)
-    for m in suite.methods:
+    apply_model_defaults(suite)
+    check_sections(suite)
+    for m in suite.methods:  # every entry's config after --set, with the shared rules of bench/checks.py
         cls, cfg = method_config(m, suite)
-        cfg.resolve(m)  # field combinations (e.g. DDPO's batch = prompts x samples) before any run starts
-        for r in suite.rewards:
-            if cls.first_order and not reward_class(r).differentiable:
-                raise BenchError(f"method '{m}' back-propagates through the reward, but reward '{r}' is not "
-                                 f"differentiable; use a differentiable reward or a policy-gradient method "
-                                 f"(ddpo, d3po)")
+        cfg.validate(m, suite.sampler)
+        if cls.first_order:
+            for r in suite.rewards:
+                require_differentiable(m, r, reward_class(r).differentiable)
     for metric in metrics_for(suite, suite.rewards[0]):
         if metric != "kl-to-base":
             metric_class(metric)
-    if suite.sampler.steps < 1:
-        raise BenchError(f"sampler.steps must be >= 1, got {suite.sampler.steps}")
     ev = suite.eval
-    for name, value, low in (("points", ev.points, 1), ("samples_per_prompt", ev.samples_per_prompt, 1),
-                             ("min_images", ev.min_images, 0), ("max_prompts", ev.max_prompts, 0),
-                             ("grid_images", ev.grid_images, 0)):
-        if value < low:
-            raise BenchError(f"eval.{name} must be >= {low}, got {value}")
     if not ev.splits or len(set(ev.splits)) != len(ev.splits):
         raise BenchError(f"eval.splits must name distinct splits, e.g. train,test; got {','.join(ev.splits)}")
     for split in ev.splits:
         if split not in SPLITS:
             raise unknown_name("eval split", split, list(SPLITS))
     split_prompts(suite)  # every split loads (files exist, are not empty)
+
+
+def apply_model_defaults(suite: SuiteConfig) -> None:
+    """The model's own sampler settings (MODEL_DEFAULTS[model]["sampler"], e.g. the testbed's guidance scale 2,
+    the range its LCM was distilled over) where `--set` gave none."""
+    from bench.registry import MODEL_DEFAULTS
+
+    for name, value in MODEL_DEFAULTS.get(suite.model.name, {}).get("sampler", {}).items():
+        if f"sampler.{name}" not in suite.explicit:
+            setattr(suite.sampler, name, value)
+
+
+def check_sections(suite: SuiteConfig) -> None:
+    """The value rules of the shared sections (model, sampler, eval); method configs check their own."""
+    m, s, ev = suite.model, suite.sampler, suite.eval
+    at_least("model.lora_rank", m.lora_rank, 0)
+    positive("model.lora_alpha", m.lora_alpha)
+    one_of("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
+    at_least("model.resolution", m.resolution, 0)
+    at_least("sampler.steps", s.steps, 1)
+    at_least("sampler.original_inference_steps", s.original_inference_steps, s.steps)
+    one_of("sampler.logprob_reduction", s.logprob_reduction, ("mean", "sum"))
+    for name, low in (("points", 1), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
+                      ("grid_images", 0)):
+        at_least(f"eval.{name}", getattr(ev, name), low)
 
 
 def split_prompts(suite: SuiteConfig) -> dict[str, list[str]]:
@@ -242,6 +271,8 @@ def to_dict(obj: Any) -> Any:
         return obj.as_dict()
     if isinstance(obj, (list, tuple)):
         return [to_dict(x) for x in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(to_dict(x) for x in obj)
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import at_least, positive, require_differentiable
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.models import Policy
@@ -58,11 +59,20 @@ class TrainConfig:
     """Images sampled per outer step."""
 
     def resolve(self, name: str) -> None:
-        """Check field combinations and fill derived fields, in place; idempotent. Method.__init__ calls it.
-        It must run after every `--set` override, so never from __post_init__ (bench/config.py builds the
-        config from its registry overrides first and sets the `--set` fields afterwards)."""
-        if self.batch_size < 1:
-            raise BenchError(f"{name}: batch_size must be >= 1, got {self.batch_size}")
+        """Check the fields and their combinations, and fill derived fields, in place; idempotent. Subclasses
+        extend it (calling super) with their own fields' rules, through bench/checks.py's shared rules. It must
+        run after every `--set` override, so never from __post_init__ (bench/config.py builds the config from
+        its registry overrides first and sets the `--set` fields afterwards)."""
+        at_least(f"{name}: batch_size", self.batch_size, 1)
+        positive(f"{name}: lr", self.lr)
+        at_least(f"{name}: weight_decay", self.weight_decay, 0)
+        at_least(f"{name}: max_grad_norm", self.max_grad_norm, 0)
+
+    def validate(self, name: str, sampler: SamplerConfig) -> None:
+        """Every check of this config: `resolve`, then the rules that involve the suite's shared sampler
+        (subclasses extend this for those, e.g. a step range within sampler.steps). bench/config.py calls it
+        for every method entry of a suite, after `--set`, before the first run starts; Method.__init__ again."""
+        self.resolve(name)
 
     def knob_scale(self, field: str, latent_dims: int | None) -> float:
         """What a relative knob's range multiplies: the field's value (subclasses may rescale it, e.g. for a
@@ -85,6 +95,7 @@ class TrainConfig:
 
 def check_pair_batch(name: str, batch_size: int, train_batch_size: int) -> None:
     """Pair methods (D3PO, REBEL) sample batch_size / 2 pairs and update on train_batch_size pairs at a time."""
+    at_least(f"{name}: train_batch_size", train_batch_size, 1)
     if batch_size % 2 or (batch_size // 2) % train_batch_size:
         raise BenchError(f"{name}: batch_size ({batch_size}) must be twice a multiple of train_batch_size "
                          f"({train_batch_size}): samples come in pairs")
@@ -95,10 +106,15 @@ class Method:
 
     Config: type = TrainConfig
     first_order: bool = False  # True: back-propagates through the reward, which must then be differentiable
+    name: str = ""
+    """A plugin's declared name (`bench run --methods pkg.module:Class` names its runs and `--set` prefix by it);
+    registered entries are named by their registry key, which __init__ stores here."""
 
     def __init__(self, name: str, cfg: TrainConfig, policy: Policy, sampler: SamplerConfig, reward: Reward,
                  prompts: list[str], generator: torch.Generator, dist: Dist = Dist()):
-        cfg.resolve(name)
+        cfg.validate(name, sampler)
+        if self.first_order:
+            require_differentiable(name, reward.name, reward.differentiable)
         self.name, self.cfg, self.policy, self.sampler, self.reward = name, cfg, policy, sampler, reward
         self.prompts, self.generator, self.dist = list(prompts), generator, dist
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

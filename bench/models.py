@@ -1,6 +1,6 @@
 """The policy: a latent consistency model (diffusers classes) with trainable LoRA adapters, and tiny test models.
 
-`Policy` is the one model contract every method uses (DESIGN.md "Contracts"):
+`Policy` is the one model contract every method uses (docs/methods.md §0):
   - `encode_prompts(prompts) -> (B, L, D)` text embeddings (frozen text encoder, cached per prompt);
   - `consistency(x_t, t, cond) -> x̂_0`: the consistency function f_θ (UNet ε-prediction + LCM boundary
     condition c_skip·x_t + c_out·x̂_0);
@@ -134,7 +134,7 @@ class Policy(nn.Module):
         # FLOPs per sample depend on the per-sample shapes and on the variant (the reference skips the adapters).
         key = ("reference" if self._in_reference else "policy", tuple(x_t.shape[1:]), tuple(cond.shape[1:]),
                None if w_emb is None else tuple(w_emb.shape[1:]))
-        with self._autocast(), self.meter.forward("denoiser", key, b, nfe_unit=not self._in_reference) as call:
+        with self.autocast(), self.meter.forward("denoiser", key, b, nfe_unit=not self._in_reference) as call:
             eps = unet(x_t, ts, encoder_hidden_states=cond, timestep_cond=w_emb).sample.float()
         a = self.scheduler.alphas_cumprod[t].to(x_t)
         x0_pred = x0_from_output(eps, x_t, a, self.scheduler.config.prediction_type)
@@ -142,7 +142,8 @@ class Policy(nn.Module):
         out = c_skip * x_t + c_out * x0_pred
         return self.meter.watch_backward(out, call)
 
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context every model call runs in: config.dtype on a GPU, float32 on the CPU."""
         if self.device.type == "cuda" and self.config.dtype != "float32":
             return torch.autocast("cuda", dtype=getattr(torch, self.config.dtype))
         return torch.autocast("cpu", enabled=False)
@@ -151,10 +152,30 @@ class Policy(nn.Module):
         """x̂_0 latents (B, C, h, w) -> images (B, 3, H, W) in [0, 1], differentiable (clamped as pipelines do)."""
         if self.vae is not None:  # the identity of a pixel-space model costs nothing
             z = x0 / self.vae.config.scaling_factor
-            with self._autocast(), self.meter.forward("decoder", tuple(z.shape[1:]), z.shape[0]) as call:
+            with self.autocast(), self.meter.forward("decoder", tuple(z.shape[1:]), z.shape[0]) as call:
                 x0 = self.vae.decode(z).sample.float()
             x0 = self.meter.watch(x0, call)  # (B, 3, H, W): a backward is charged when gradient reaches it
         return (x0 / 2 + 0.5).clamp(0, 1)
+
+    @property
+    def in_reference(self) -> bool:
+        """True inside `reference()`: the model is the frozen starting model."""
+        return self._in_reference
+
+    @property
+    def reference_unet(self) -> nn.Module | None:
+        """The frozen copy of the UNet under full fine-tuning (lora_rank 0); None with LoRA, whose reference is
+        the same UNet with its adapters switched off."""
+        return self._reference_unet
+
+    @property
+    def cached_prompts(self) -> int:
+        """How many distinct prompts' text embeddings are cached (each was encoded, and charged, once)."""
+        return len(self._prompt_cache)
+
+    def clear_prompt_cache(self) -> None:
+        """Forget the cached text embeddings: the next use of each prompt encodes (and charges) it again."""
+        self._prompt_cache.clear()
 
     @contextmanager
     def reference(self):

@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.compute import Budget, ComputeMeter, _sync
+from bench.compute import Budget, ComputeMeter, sync_device
 from bench.config import SuiteConfig, apply_sets, family, method_config, to_dict, validate
 from bench.errors import BenchError
 from bench.models import ModelConfig
@@ -109,7 +109,7 @@ def record(policy, reward):
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         ins = [i for i in (x, kwargs["encoder_hidden_states"], kwargs.get("timestep_cond")) if i is not None]
         calls.append(Call("unet", [tuple(i.shape) for i in ins], torch.is_grad_enabled(), x.requires_grad,
-                          policy._in_reference, torch._C._current_graph_task_id() != -1,  # inside backward
+                          policy.in_reference, torch._C._current_graph_task_id() != -1,  # inside backward
                           extra=(module, int(t.flatten()[0]))))
         _watch(out.sample, calls[-1])
 
@@ -122,7 +122,7 @@ def record(policy, reward):
             return out
         return inner
 
-    handles = [m.register_forward_hook(on_unet, with_kwargs=True) for m in (policy.unet, policy._reference_unet)
+    handles = [m.register_forward_hook(on_unet, with_kwargs=True) for m in (policy.unet, policy.reference_unet)
                if m is not None]
     policy.decode, reward.score = wrap("decode", policy.decode), wrap("reward", reward.score)
     try:
@@ -141,7 +141,7 @@ def make_replay(policy, reward, calls: list[Call]) -> Callable[[], None]:
 
     def run(c: Call, ins: list[torch.Tensor]) -> None:
         x = ins[0].detach().requires_grad_(c.input_grad)
-        with torch.set_grad_enabled(c.grad), policy._autocast():
+        with torch.set_grad_enabled(c.grad), policy.autocast():
             if c.kind == "unet":
                 (module, t), tc = c.extra, ins[2] if len(ins) > 2 else None
                 ts = torch.full((x.shape[0],), t, device=dev, dtype=torch.long)
@@ -155,7 +155,7 @@ def make_replay(policy, reward, calls: list[Call]) -> Callable[[], None]:
         with ExitStack() as stack:
             stack.enter_context(policy.meter.paused())  # the reference work is not training: nothing is charged
             for c, ins in zip(todo, inputs):
-                if c.reference and not policy._in_reference:
+                if c.reference and not policy.in_reference:
                     stack.enter_context(policy.reference())
                 run(c, ins)
         for p in params:
@@ -167,7 +167,7 @@ def make_replay(policy, reward, calls: list[Call]) -> Callable[[], None]:
 @contextmanager
 def no_unet_checkpointing(policy):
     """Bare compute has no recomputation: UNet-internal gradient checkpointing (real models) is off inside."""
-    on = [m for m in (policy.unet, policy._reference_unet) if getattr(m, "is_gradient_checkpointing", False)]
+    on = [m for m in (policy.unet, policy.reference_unet) if getattr(m, "is_gradient_checkpointing", False)]
     for m in on:
         m.disable_gradient_checkpointing()
     try:
@@ -178,10 +178,10 @@ def no_unet_checkpointing(policy):
 
 
 def timed(fn: Callable[[], Any]) -> float:
-    _sync()
+    sync_device()
     t0 = time.perf_counter()
     fn()
-    _sync()
+    sync_device()
     return time.perf_counter() - t0
 
 
@@ -256,7 +256,7 @@ def memory_child(job: tuple[str, str, list[str], str]) -> dict[str, float]:
     algo.step()  # optimizer state, caches, lazy initialisation
     gc.collect()
     if policy.device.type == "cuda":
-        _sync()
+        sync_device()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
         algo.step()

@@ -1,8 +1,9 @@
 """Registries as plain dicts: name -> "module:attribute" (imported on use, so `bench ls` and the report stay
-light and `bench` never imports a concrete method or reward except through here).
+light and `bench` never imports a concrete method or reward except through here). Lookups also accept a
+`package.module:Name` import path or an installed package's entry point (bench/plugins.py), which they add here.
 
 Methods map to (class, config overrides): one benchmark entry per ROCM divergence shares `methods/rocm.py`.
-β defaults differ per divergence because their scales differ by orders of magnitude (METHODS.md §2); every
+β defaults differ per divergence because their scales differ by orders of magnitude (docs/methods.md §2); every
 run writes its β into its results and the report shows it.
 """
 
@@ -27,7 +28,8 @@ MODELS: dict[str, str] = {
 # Per-model defaults: training reward, prompt set, evaluation metrics (all computed at every evaluation point), and
 # `select`: the metric `bench sweep` selects configurations by on the validation split — never the training reward
 # (on the testbed the hidden gold, the analogue of a small human study; on real models a reward other than the one
-# trained on: HPSv2 when training on PickScore, PickScore when training on anything else).
+# trained on: HPSv2 when training on PickScore, PickScore when training on anything else); `sampler`: the model's
+# own sampler settings where `--set` gives none (the testbed LCM was distilled over guidance scales 1-3).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
              "select": "colorfulness", "latent": (3, 1, 16)},
@@ -35,7 +37,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                  "select": "colorfulness", "latent": (4, 2, 64)},
     "testbed": {"reward": "testbed-pref", "prompts": "testbed",
                 "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"],
-                "select": "testbed-gold", "latent": (3, 1, 16)},
+                "select": "testbed-gold", "latent": (3, 1, 16), "sampler": {"guidance_scale": 2.0}},
     "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
                            "select": "hpsv2", "latent": (4, 8, 512)},
     "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
@@ -86,6 +88,7 @@ REWARDS: dict[str, str] = {
     "brightness": "rewards.toy:Brightness",
     "colorfulness": "rewards.toy:Colorfulness",
     "jpeg-compressibility": "rewards.toy:JpegCompressibility",
+    "jpeg-incompressibility": "rewards.toy:JpegIncompressibility",
     "testbed-align": "rewards.testbed:TestbedAlign",
     "testbed-pref": "rewards.testbed:TestbedPref",
     "testbed-gold": "rewards.testbed:TestbedGold",
@@ -94,6 +97,7 @@ REWARDS: dict[str, str] = {
     "hpsv2": "rewards.hpsv2:HPSv2",
     "hpsv21": "rewards.hpsv2:HPSv21",
     "imagereward": "rewards.imagereward:ImageReward",
+    "aesthetic": "rewards.aesthetic:Aesthetic",
 }
 
 # Set metrics (evaluation only) and the built-in per-sample "kl-to-base" are metrics but not rewards.
@@ -111,17 +115,43 @@ def _import(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def find(kind: str, name: str) -> str:
+    """The registry name of `name` of `kind` ("method", "reward", "metric", "model"): a registered name, an
+    installed plugin's entry point, or a `package.module:Name` import path (registered under its declared name,
+    bench/plugins.py); otherwise the did-you-mean error."""
+    from bench.plugins import registry_of, resolve
+
+    if kind in ("reward", "metric") and is_remote(name):
+        return name  # a reward server's URL names itself (rewards/remote.py, docs/reward-server.md)
+    found = resolve(kind, name)
+    if found is None:
+        available = [*REWARDS, *SET_METRICS, "kl-to-base"] if kind == "metric" else list(registry_of(kind))
+        raise unknown_name(kind, name, available)
+    return found
+
+
+def resolve_names(kind: str, names) -> list[str]:
+    """Registry names for user-given names or import paths, each checked (its contract, if a plugin's)."""
+    lookup = {"method": method_class, "reward": reward_class, "metric": metric_class, "model": model_builder}[kind]
+    out = [n if (kind, n) == ("metric", "kl-to-base") else find(kind, n) for n in names]
+    for n in out:
+        if n != "kl-to-base":
+            lookup(n)
+    return out
+
+
 def model_builder(name: str):
-    if name not in MODELS:
-        raise unknown_name("model", name, list(MODELS))
-    return _import(MODELS[name])
+    from bench.plugins import checked
+
+    name = find("model", name)
+    return checked("model", _import(MODELS[name]), MODELS[name])
 
 
 def method_class(name: str) -> tuple[type, dict[str, Any]]:
-    if name not in METHODS:
-        raise unknown_name("method", name, list(METHODS))
-    target, overrides = METHODS[name]
-    return _import(target), dict(overrides)
+    from bench.plugins import checked
+
+    target, overrides = METHODS[find("method", name)]
+    return checked("method", _import(target), target), dict(overrides)
 
 
 def knobs_for(name: str, latent_dims: int | None = None) -> dict[str, Knob]:
@@ -134,21 +164,44 @@ def knobs_for(name: str, latent_dims: int | None = None) -> dict[str, Knob]:
     return cls.Config(**overrides).resolved_knobs(latent_dims)
 
 
+def is_remote(name: str) -> bool:
+    """Whether a reward or metric name is a reward server's URL, http(s)://HOST:PORT/NAME."""
+    return name.startswith(("http://", "https://"))
+
+
 def reward_class(name: str) -> type:
-    if name not in REWARDS:
-        raise unknown_name("reward", name, list(REWARDS))
-    return _import(REWARDS[name])
+    from bench.plugins import checked
+
+    if is_remote(name):
+        return _import("rewards.remote:remote_class")(name)
+    target = REWARDS[find("reward", name)]
+    return checked("reward", _import(target), target)
 
 
 def metric_class(name: str) -> type:
-    if name in REWARDS:
-        return _import(REWARDS[name])
-    if name in SET_METRICS:
-        return _import(SET_METRICS[name])
-    raise unknown_name("metric", name, list(REWARDS) + list(SET_METRICS) + ["kl-to-base"])
+    from bench.plugins import checked
+
+    if is_remote(name):
+        return reward_class(name)
+    name = find("metric", name)
+    target = REWARDS.get(name) or SET_METRICS[name]
+    return checked("metric", _import(target), target)
 
 
-def describe(target: str) -> str:
-    """First line of the registered object's docstring (for `bench ls`)."""
-    doc = (_import(target).__doc__ or "").strip()
+def describe(target: str, kind: str | None = None) -> str:
+    """First line of the registered object's docstring (for `bench ls`); for a plugin that cannot be imported
+    or is not a `kind` ("method", "reward", "metric", "model"), that error instead."""
+    from bench.errors import BenchError
+    from bench.plugins import PLUGIN_TARGETS, check, import_target
+
+    try:
+        if target in PLUGIN_TARGETS:
+            obj = import_target(target, kind or "plugin")
+            if kind:
+                check(kind, obj, target)
+        else:
+            obj = _import(target)
+    except BenchError as e:
+        return f"(not usable: {e})"
+    doc = (obj.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""

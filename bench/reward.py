@@ -1,4 +1,4 @@
-"""The reward contract (DESIGN.md "Contracts"): every training reward and per-image metric is a `Reward`;
+"""The reward contract (docs/methods.md §0): every training reward and per-image metric is a `Reward`;
 FID-like metrics over a whole set of images are `SetMetric`s (evaluation only).
 
 A reward maps images in [0, 1] of shape (B, 3, H, W) and their prompts to a (B,) tensor. Preprocessing is
@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 
 from bench.compute import ComputeMeter
-from bench.errors import BenchError
 
 
 class Reward:
@@ -70,9 +69,3 @@ class SetMetric:
     def compute(self) -> float:
         raise NotImplementedError
 
-
-def require_differentiable(reward: Reward, method: str) -> None:
-    """First-order methods back-propagate through the reward: refuse a non-differentiable one up front."""
-    if not reward.differentiable:
-        raise BenchError(f"method '{method}' back-propagates through the reward, but reward '{reward.name}' is "
-                         f"not differentiable; use a differentiable reward or a policy-gradient method (ddpo, d3po)")

@@ -172,8 +172,7 @@ def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, s
                  device: str) -> dict[str, Any]:
     """One suite per training reward: the sweep's model, budget and `--set`s with every method's selected
     values, on `seeds` and the default (train, test) evaluation. Only eval.* may be changed (`sets`)."""
-    from bench.errors import unknown_name
-    from bench.registry import METHODS
+    from bench.registry import find
 
     s = load_settings(sweep_dir)
     selected = load_selected(sweep_dir)
@@ -185,8 +184,7 @@ def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, s
             raise BenchError(f"--set {item}: with --from-sweep only eval.* may change (the rest was tuned)")
     methods = methods or [m for m in s.methods if m in selected]
     for m in methods:
-        if m not in METHODS:
-            raise unknown_name("method", m, list(METHODS))
+        find("method", m)  # a registered name or an installed plugin's, else did-you-mean
         if m not in selected:
             raise BenchError(f"method '{m}' has no selected configuration in {sweep_dir / 'selected.json'} (it "
                              f"has {', '.join(selected) or 'none'}); tune it first: bench sweep --methods {m} "
@@ -205,7 +203,8 @@ def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, s
 
 
 def run_from_sweep(sweep_dir: Path, seeds: list[int], out: Path | None, methods: list[str] | None, sets: list[str],
-                   device: str, argv: list[str], show_progress: bool = True) -> list[Path]:
+                   device: str, argv: list[str], show_progress: bool = True,
+                   log_with: tuple[str, ...] = ()) -> list[Path]:
     """Run the selected configurations; one suite folder (or OUT/<reward> for several rewards) recording the
     sweep in from_sweep.json and, in its manifest, the selected values as method `--set`s."""
     from bench.config import to_dict, validate
@@ -222,5 +221,5 @@ def run_from_sweep(sweep_dir: Path, seeds: list[int], out: Path | None, methods:
             write_json_atomic(folder / "from_sweep.json", {
                 "sweep": str(sweep_dir.resolve()), "reward": r, "method_sets": to_dict(suite.method_sets),
                 "selected": {m: load_selected(sweep_dir)[m][r] for m in suite.methods}})
-        dirs += run_suite(suite, folder, argv=argv, show_progress=show_progress)
+        dirs += run_suite(suite, folder, argv=argv, show_progress=show_progress, log_with=log_with)
     return dirs

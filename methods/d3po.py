@@ -1,4 +1,4 @@
-"""D3PO on an LCM: direct preference optimisation on sampling trajectories (METHODS.md §4; Yang et al.
+"""D3PO on an LCM: direct preference optimisation on sampling trajectories (docs/methods.md §5; Yang et al.
 2024, yk7333/d3po).
 
 One outer step: for batch_size/2 prompts, sample two trajectories from the **same initial noise** (their
@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import positive
 from bench.distributed import Dist
 from bench.method import Knob, Method, TrainConfig, check_pair_batch
 from bench.sampler import sample, step_log_prob
@@ -51,6 +52,8 @@ class D3POConfig(TrainConfig):
     def resolve(self, name: str) -> None:
         super().resolve(name)
         check_pair_batch(name, self.batch_size, self.train_batch_size)
+        positive(f"{name}: beta", self.beta)
+        positive(f"{name}: ratio_clip", self.ratio_clip)
 
 
 class D3PO(Method):

@@ -1,5 +1,5 @@
 """DDPO on an LCM: policy gradient with PPO-clip over the sampler's stochastic steps, as RLCM applies it
-(METHODS.md §3; Black et al. 2023, Owen-Oertell/rlcm).
+(docs/methods.md §4; Black et al. 2023, Owen-Oertell/rlcm).
 
 One outer step: draw P distinct prompts and sample K trajectories of each (each from its own initial noise)
 without gradients, storing the trajectories; score the final images (any reward: it need not be
@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import at_least, multiple_of, positive
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig
@@ -82,8 +83,8 @@ class DDPOConfig(TrainConfig):
     def resolve(self, name: str) -> None:
         """Fill batch_size (P x K), stat_buffer (2K) and stat_min_count (K) where 0; check the combination."""
         p, k = self.prompts_per_step, self.samples_per_prompt
-        if p < 1 or k < 1:
-            raise BenchError(f"{name}: prompts_per_step and samples_per_prompt must be >= 1, got {p} and {k}")
+        at_least(f"{name}: prompts_per_step", p, 1)
+        at_least(f"{name}: samples_per_prompt", k, 1)
         if self.batch_size == 0:
             self.batch_size = p * k
         elif self.batch_size != p * k:
@@ -96,9 +97,10 @@ class DDPOConfig(TrainConfig):
         if self.stat_min_count > self.stat_buffer:
             raise BenchError(f"{name}: stat_min_count ({self.stat_min_count}) above stat_buffer ({self.stat_buffer}) "
                              f"would never use per-prompt statistics")
-        if self.batch_size % self.train_batch_size:
-            raise BenchError(f"{name}: batch_size ({self.batch_size}) must be a multiple of train_batch_size "
-                             f"({self.train_batch_size})")
+        multiple_of(name, "batch_size", self.batch_size, "train_batch_size", self.train_batch_size)
+        at_least(f"{name}: inner_epochs", self.inner_epochs, 1)
+        positive(f"{name}: clip_range", self.clip_range)
+        positive(f"{name}: adv_clip_max", self.adv_clip_max)
 
 
 class DDPO(Method):

@@ -1,4 +1,4 @@
-"""f-divergences between the trained and the reference per-step Gaussian policies (METHODS.md section 2).
+"""f-divergences between the trained and the reference per-step Gaussian policies (docs/methods.md section 2).
 
 On every noisy step of the LCM sampler both policies are Gaussians with the same covariance,
 N(mu_theta, sigma^2 I) and N(mu_ref, sigma^2 I). Every f-divergence between such a pair depends only on

@@ -39,8 +39,8 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import at_least, one_of
 from bench.distributed import Dist
-from bench.errors import BenchError, unknown_name
 from bench.method import Knob
 from bench.sampler import Trajectory, gaussian_log_prob, step_mean
 from methods.ddpo import DDPO, DDPOConfig
@@ -86,12 +86,9 @@ class DPOKConfig(DDPOConfig):
 
     def resolve(self, name: str) -> None:
         super().resolve(name)
-        if self.divergence not in DIVERGENCES:
-            raise unknown_name("divergence", self.divergence, list(DIVERGENCES))
-        if not self.beta >= 0:  # also refuses NaN
-            raise BenchError(f"{name}: beta must be >= 0, got {self.beta}")
-        if str(self.per_dim).lower() not in PER_DIM_SETTINGS:
-            raise unknown_name(f"{name}.per_dim setting", str(self.per_dim), list(PER_DIM_SETTINGS))
+        one_of("divergence", self.divergence, DIVERGENCES)
+        at_least(f"{name}: beta", self.beta, 0)  # also refuses NaN
+        one_of(f"{name}.per_dim setting", str(self.per_dim).lower(), PER_DIM_SETTINGS)
 
 
 class DPOK(DDPO):

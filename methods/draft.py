@@ -37,10 +37,11 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import at_least
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Knob
-from bench.sampler import Trajectory
+from bench.sampler import SamplerConfig, Trajectory
 from methods.rocm import ROCM, ROCMConfig
 
 
@@ -74,12 +75,16 @@ class DraftConfig(ROCMConfig):
 
     def resolve(self, name: str) -> None:
         super().resolve(name)
-        if self.k < 1:
-            raise BenchError(f"{name}: k must be >= 1 (the last k sampling steps carry gradient), got {self.k}")
+        at_least(f"{name}: k", self.k, 1)  # the last k sampling steps carry gradient
         if not 0 <= self.k_min <= self.k:
             raise BenchError(f"{name}: k_min must be 0 (K fixed) or in 1 … k ({self.k}), got {self.k_min}")
-        if self.n_lv < 1:
-            raise BenchError(f"{name}: n_lv must be >= 1 (1: no extra draws), got {self.n_lv}")
+        at_least(f"{name}: n_lv", self.n_lv, 1)  # 1: no extra draws
+
+    def validate(self, name: str, sampler: SamplerConfig) -> None:
+        super().validate(name, sampler)
+        if self.n_lv > 1 and sampler.steps < 2:
+            raise BenchError(f"{name}: n_lv > 1 re-draws the last noisy step, which needs sampler.steps >= 2, "
+                             f"got {sampler.steps}")
 
 
 class Draft(ROCM):
@@ -89,9 +94,6 @@ class Draft(ROCM):
 
     def __init__(self, name, cfg: DraftConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        if cfg.n_lv > 1 and sampler.steps < 2:
-            raise BenchError(f"{name}: n_lv > 1 re-draws the last noisy step, which needs sampler.steps >= 2, "
-                             f"got {sampler.steps}")
         self.k_now = min(cfg.k, sampler.steps)  # K of the current outer step, after clamping to N (logged)
 
     def grad_steps(self) -> int:

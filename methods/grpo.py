@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.checks import at_least, in_range
 from bench.errors import BenchError
 from methods.dpok import DPOK, DPOKConfig
 from methods.losses import clip_advantages, group_advantages
@@ -96,10 +97,8 @@ class GRPOConfig(DPOKConfig):
         if k < 2:
             raise BenchError(f"{name}: samples_per_prompt (the group size G) must be >= 2, got {k}: "
                              f"a group of one has no relative advantage")
-        if not 0 < self.timestep_fraction <= 1:
-            raise BenchError(f"{name}: timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
-        if not self.adv_eps >= 0:
-            raise BenchError(f"{name}: adv_eps must be >= 0, got {self.adv_eps}")
+        in_range(f"{name}: timestep_fraction", self.timestep_fraction, 0, 1, open_low=True)
+        at_least(f"{name}: adv_eps", self.adv_eps, 0)
 
 
 class GRPO(DPOK):

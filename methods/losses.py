@@ -1,6 +1,6 @@
 """Loss math shared by the policy-gradient methods: PPO-clip (DDPO/RLCM), per-step DPO (D3PO), advantages.
 
-See METHODS.md sections 3 and 4. Log-probabilities are per sampler step, shape (B,) (or any shape: every
+See docs/methods.md sections 4 and 5. Log-probabilities are per sampler step, shape (B,) (or any shape: every
 loss here averages over all elements); how they are reduced over latent dimensions is the sampler's option.
 """
 

@@ -35,6 +35,7 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import at_least, positive
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig, check_pair_batch
@@ -114,10 +115,8 @@ class REBELConfig(TrainConfig):
     def resolve(self, name: str) -> None:
         super().resolve(name)
         check_pair_batch(name, self.batch_size, self.train_batch_size)
-        if self.eta <= 0:
-            raise BenchError(f"{name}: eta must be > 0, got {self.eta}")
-        if self.inner_epochs < 1:
-            raise BenchError(f"{name}: inner_epochs must be >= 1, got {self.inner_epochs}")
+        positive(f"{name}: eta", self.eta)
+        at_least(f"{name}: inner_epochs", self.inner_epochs, 1)
         if self.stat_buffer < 1 or not 1 <= self.stat_min_count <= self.stat_buffer:
             raise BenchError(f"{name}: need 1 <= stat_min_count ({self.stat_min_count}) <= stat_buffer "
                              f"({self.stat_buffer})")

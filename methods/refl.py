@@ -32,11 +32,11 @@ from typing import ClassVar
 
 import torch
 
+from bench.checks import at_least, positive
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig
-from bench.reward import require_differentiable
-from bench.sampler import sample
+from bench.sampler import SamplerConfig, sample
 from methods.losses import refl_loss
 
 
@@ -75,14 +75,15 @@ class ReFLConfig(TrainConfig):
 
     def resolve(self, name: str) -> None:
         super().resolve(name)
-        if self.scale <= 0:
-            raise BenchError(f"{name}: scale must be > 0, got {self.scale}")
-        if self.pretrain_weight < 0:
-            raise BenchError(f"{name}: pretrain_weight must be >= 0, got {self.pretrain_weight}")
-        if self.step_min < 0:
-            raise BenchError(f"{name}: step_min must be >= 0 (0 = the first sampling step), got {self.step_min}")
+        positive(f"{name}: scale", self.scale)
+        at_least(f"{name}: pretrain_weight", self.pretrain_weight, 0)
+        at_least(f"{name}: step_min", self.step_min, 0)  # 0 = the first sampling step
         if 0 <= self.step_max < self.step_min:
             raise BenchError(f"{name}: step_max ({self.step_max}) is below step_min ({self.step_min})")
+
+    def validate(self, name: str, sampler: SamplerConfig) -> None:
+        super().validate(name, sampler)
+        self.step_range(name, sampler.steps)
 
     def step_range(self, name: str, steps: int) -> tuple[int, int]:
         """(j_min, j_max), inclusive step indices of an N = `steps` sampler; one-line error if empty or outside."""
@@ -101,7 +102,6 @@ class ReFL(Method):
 
     def __init__(self, name, cfg: ReFLConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        require_differentiable(reward, name)
         self.j_min, self.j_max = cfg.step_range(name, sampler.steps)
 
     def step(self) -> dict[str, float]:

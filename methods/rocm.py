@@ -1,5 +1,5 @@
 """ROCM (arXiv 2503.06171): first-order reward optimisation on a consistency model, regularised by an
-f-divergence between the trained and the frozen model's per-step Gaussian policies (METHODS.md §2).
+f-divergence between the trained and the frozen model's per-step Gaussian policies (docs/methods.md §2-3).
 
     maximise  E[ r(image_θ, c) ]  -  β · E[ Σ_{k} w_k · D_f( π_θ(·|x_k) ‖ π_ref(·|x_k) ) ]
 
@@ -23,9 +23,9 @@ from typing import ClassVar
 import torch
 
 from bench.distributed import Dist
-from bench.errors import BenchError, unknown_name
+from bench.checks import at_least, one_of
+from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig
-from bench.reward import require_differentiable
 from bench.sampler import Trajectory, sample
 from methods.divergences import (
     DIVERGENCES,
@@ -71,16 +71,12 @@ class ROCMConfig(TrainConfig):
 
     def resolve(self, name: str) -> None:
         super().resolve(name)
-        if self.divergence != "none" and self.divergence not in DIVERGENCES:
-            raise unknown_name("divergence", self.divergence, [*DIVERGENCES, "none"])
+        one_of("divergence", self.divergence, [*DIVERGENCES, "none"])
         if self.divergence == "none" and self.beta != 0:
             raise BenchError(f"{name}: divergence 'none' needs beta = 0, got {self.beta}")
-        if self.beta < 0:
-            raise BenchError(f"{name}: beta must be >= 0, got {self.beta}")
-        if str(self.per_dim).lower() not in PER_DIM_SETTINGS:
-            raise unknown_name(f"{name}.per_dim setting", str(self.per_dim), list(PER_DIM_SETTINGS))
-        if self.step_weighting not in STEP_WEIGHT_MODES:
-            raise unknown_name("step weight mode", self.step_weighting, list(STEP_WEIGHT_MODES))
+        at_least(f"{name}: beta", self.beta, 0)
+        one_of(f"{name}.per_dim setting", str(self.per_dim).lower(), PER_DIM_SETTINGS)
+        one_of("step weight mode", self.step_weighting, STEP_WEIGHT_MODES)
 
     def uses_per_dim(self, latent_dims: int | None) -> bool:
         """The resolved form of δ on a latent of `latent_dims` dimensions ("auto" with None: whole-vector)."""
@@ -123,7 +119,6 @@ class ROCM(Method):
 
     def __init__(self, name, cfg: ROCMConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        require_differentiable(reward, name)
         self.regularised = cfg.divergence != "none" and cfg.beta > 0
         self.per_dim = cfg.uses_per_dim(math.prod(policy.latent_shape))
 

@@ -21,3 +21,29 @@ def train_prompts():
     from bench.prompts import PROMPT_SETS
 
     return PROMPT_SETS["tiny"]["train"][:4]
+
+
+@pytest.fixture
+def bench_cli(monkeypatch, capsys):
+    """`bench ARGS` in this process through the real entry point (bench.cli.main): (exit code, stdout, stderr)."""
+    import sys
+
+    from bench.cli import main
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["bench", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+def assert_one_line_error(code: int, err: str, match: str) -> None:
+    """A user's mistake: exit code 2 and one line `error: ...` containing `match`, no traceback."""
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith("error:") and match in err, err

@@ -87,7 +87,7 @@ def one_step(name: str, **overrides) -> tuple[ComputeMeter, Policy, object]:
 def check(meter: ComputeMeter, policy: Policy, hand: dict, denoiser: float, decoder: float, reward: float) -> None:
     c = meter.counters()
     expected = {"flops_denoiser": denoiser, "flops_decoder": decoder, "flops_reward": reward,
-                "flops_text": len(policy._prompt_cache) * hand["text"]}  # each distinct prompt encoded once
+                "flops_text": policy.cached_prompts * hand["text"]}  # each distinct prompt encoded once
     for key, value in expected.items():
         assert c[key] == pytest.approx(value, rel=1e-9), key
     assert c["flops"] == pytest.approx(sum(expected.values()), rel=1e-12)
@@ -171,7 +171,7 @@ def test_counting_changes_no_result_and_no_rng():
         p = fresh_policy(meter)
         if warm:  # the same work first (other noise), so that nothing is counted in the compared call
             rocm_like(p, meter, seed=5)
-            p._prompt_cache.clear()
+            p.clear_prompt_cache()
             p.unet.zero_grad(set_to_none=True)
         cached = dict(meter.flops_per_sample)
         rng = torch.get_rng_state()
