@@ -1,8 +1,8 @@
 """Tables, plots and image grids from a suite folder (``bench report SUITE``).
 
-Reads files only, through bench.results, and never imports torch: a report can be built on a laptop from
-results copied off a GPU machine, also while the suite is still running. Everything goes into SUITE/report
-unless told otherwise, each file written atomically:
+Reads files only, through bench.results and bench.schema (the runner's typed schema), and never imports torch: a
+report can be built on a laptop from results copied off a GPU machine, also while the suite is still running.
+Everything goes into SUITE/report unless told otherwise, each file written atomically:
 
 - ``table.md``, ``table.csv``, ``table.tex``: one row per (method, training reward) over seeds (see
   bench.report_table): per metric the reported split's value at each run's last evaluation point, the peak of
@@ -12,7 +12,10 @@ unless told otherwise, each file written atomically:
 - ``overfitting.png``: the training reward on train prompts (solid) and the reported split (dashed);
 - ``reward_vs_divergence.png``: the training reward on the reported split against the KL from the base model;
 - ``grid_<method>__<reward>.png``: the first seed's sample grids at the start, middle and end;
-- ``index.md``: the protocol, the table, the plots, the suite manifest and a legend.
+- ``human_eval.json``: when the suite has votes (``bench human-eval``), their analysis (bench.human_eval.analysis),
+  also shown in index.md's "Human evaluation" section;
+- ``index.md``: the protocol, the budget, model, methods, rewards and seeds, every command that contributed to the
+  suite (time, git revision, device, package versions), the table, the plots and a legend.
 
 Decisions worth knowing:
 - The reported split is "test" when the suite has one (protocol 2), else "heldout" (protocol 1 folders), else
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import judge
+from bench import judge, schema
 from bench.errors import BenchError
 from bench.registry import MODEL_DEFAULTS  # a plain dict module: imports no torch (test_report checks)
 from bench.report_plots import (Style, frontier_metrics, plot_frontier, plot_metric,
@@ -46,8 +49,7 @@ from bench.report_table import GROUP, KL, build_table, display_table, latex_tabl
 from bench.report_table import mean_ci, pm as _pm, tex_escape  # noqa: F401 (re-exported: the old bench.report API)
 from bench.results import read_json, read_jsonl, write_bytes_atomic
 
-EVAL_NEEDED = ["fraction", "nfe", "seconds", "split", "metric", "higher_is_better", "value"]
-EVAL_OPTIONAL = ["stderr", "flops", "budget_used", "n", "n_prompts", "n_images"]  # absent in older folders
+EVAL_NEEDED, EVAL_OPTIONAL = list(schema.EVAL_REQUIRED), list(schema.EVAL_OPTIONAL)  # optional: absent in older folders
 SPLIT_MEANING = {"test": "test prompts, used for neither training nor selection",
                  "heldout": "held-out prompts of a protocol-1 folder, which has no test split",
                  "validation": "validation prompts, which selection also used (a sweep trial): optimistic"}
@@ -112,6 +114,10 @@ def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
                            select=", ".join(f"{s} for {r}" for r, s in select.items() if s) or "none")
     index = index_markdown(suite_dir, manifest, runs, markdown_table(header, cells, best), legend,
                            frontiers, plots, grids, notes)
+    from bench.human_eval.analysis import add_section, report_section  # torch-free; nothing without votes
+
+    human, human_files = report_section(suite_dir, out_dir)
+    index, written = add_section(index, human), written + human_files
     written.append(_write_text(out_dir / "index.md", index))
     return written
 
@@ -155,31 +161,29 @@ def load_suite(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 def _run_record(d: Path) -> dict[str, Any]:
     """A run's identity from its config.json; its final compute from summary.json, or the last train row."""
-    cfg = read_json(d / "config.json")
-    try:
-        method, reward, seed = str(cfg["method"]), str(cfg["reward"]), int(cfg["seed"])
-    except (TypeError, KeyError, ValueError):
-        raise BenchError(f"bad run config {d / 'config.json'}: needs method, reward and an integer seed") from None
-    budget = cfg.get("budget") if isinstance(cfg.get("budget"), dict) else {}
-    mc = cfg.get("method_config") if isinstance(cfg.get("method_config"), dict) else {}
-    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    cfg = schema.RunConfig.from_json(read_json(d / "config.json"), d / "config.json")
     complete = (d / "summary.json").exists()
-    last = read_json(d / "summary.json") if complete else (read_jsonl(d / "train.jsonl") or [{}])[-1]
-    last = last if isinstance(last, dict) else {}
-    return {"run_id": d.name, "method": method, "reward": reward, "seed": seed, "beta": mc.get("beta"),
-            "model": model.get("name"), "protocol": _num(cfg.get("protocol")),
-            "budget_kind": budget.get("kind", "nfe"),
-            "budget": str(budget.get("text") or f"{budget.get('amount', '?')} {budget.get('kind', '')}".strip()),
+    # A train row carries the same counters as a summary at its top level (schema.TrainRow, schema.Summary).
+    last = schema.Summary.from_json(read_json(d / "summary.json") if complete
+                                    else (read_jsonl(d / "train.jsonl") or [{}])[-1]).counters
+    return {"run_id": d.name, "method": cfg.method, "reward": cfg.reward, "seed": cfg.seed,
+            "beta": cfg.method_config.get("beta"), "model": cfg.model.get("name"), "protocol": _num(cfg.protocol),
+            "budget_kind": cfg.budget.get("kind", "nfe"), "budget": budget_text(cfg.budget),
             "complete": complete, "nfe": _num(last.get("nfe")), "seconds": _num(last.get("seconds")),
             "flops": _num(last.get("flops")), "dir": d}
 
 
-def read_manifest(suite_dir: Path, notes: list[str]) -> dict:
+def budget_text(budget: dict) -> str:
+    """A budget as it was given ("400nfe"), from schema.Manifest.budget / RunConfig.budget."""
+    return str(budget.get("text") or f"{budget.get('amount', '?')} {budget.get('kind', '')}".strip())
+
+
+def read_manifest(suite_dir: Path, notes: list[str]) -> schema.Manifest:
+    """The suite's manifest in any schema (bench/schema.py); an empty one, with a note, when there is none."""
     if not (suite_dir / "manifest.json").exists():
         notes.append("no manifest.json in the suite folder")
-        return {}
-    manifest = read_json(suite_dir / "manifest.json")
-    return manifest if isinstance(manifest, dict) else {}
+        return schema.Manifest(config={})
+    return schema.Manifest.from_json(read_json(suite_dir / "manifest.json"), suite_dir / "manifest.json")
 
 
 def metric_order(ev: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -204,20 +208,18 @@ def x_column(runs: pd.DataFrame, ev: pd.DataFrame) -> str:
     return "seconds"
 
 
-def selection_metrics(runs: pd.DataFrame, ev: pd.DataFrame, manifest: dict) -> dict[str, str | None]:
+def selection_metrics(runs: pd.DataFrame, ev: pd.DataFrame, manifest: schema.Manifest) -> dict[str, str | None]:
     """Per training reward, the metric the peak column reports (bench.judge.selection_metric): the model's
     MODEL_DEFAULTS "select" unless it is that reward or was not evaluated, else the first other metric."""
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    model = (config.get("model") or {}).get("name") if isinstance(config.get("model"), dict) else None
-    model = model or next((m for m in runs["model"] if isinstance(m, str)), None)
+    model = manifest.model or next((m for m in runs["model"] if isinstance(m, str)), None)
     preferred = MODEL_DEFAULTS.get(model, {}).get("select") if model else None
     return {r: judge.selection_metric(r, metric_order(ev[ev["reward"] == r], runs), preferred)
             for r in dict.fromkeys(runs["reward"])}
 
 
-def protocol(manifest: dict, runs: pd.DataFrame) -> int:
+def protocol(manifest: schema.Manifest, runs: pd.DataFrame) -> int:
     """The manifest's "protocol", else the runs' (a suite without a manifest), else 1: the old protocol."""
-    value = _num(manifest.get("protocol"))
+    value = _num(manifest.protocol)
     if not np.isfinite(value) and runs["protocol"].notna().any():
         value = float(runs["protocol"].max())
     return int(value) if np.isfinite(value) else 1
@@ -225,10 +227,10 @@ def protocol(manifest: dict, runs: pd.DataFrame) -> int:
 
 # --------------------------------------------------------------------------------------------------- index
 
-def index_markdown(suite_dir: Path, manifest: dict, runs: pd.DataFrame, table_md: str, legend: str,
+def index_markdown(suite_dir: Path, manifest: schema.Manifest, runs: pd.DataFrame, table_md: str, legend: str,
                    frontiers: list[Path], plots: list[Path], grids: list[Path], notes: list[str]) -> str:
     lines = [f"# Benchmark report: {suite_dir.resolve().name}", "", *protocol_lines(manifest, runs),
-             *manifest_lines(manifest), "", "## Results", "", table_md, legend, ""]
+             *manifest_lines(manifest, runs), "", "## Results", "", table_md, legend, ""]
     if frontiers:
         lines += ["## Frontiers", "", "Each metric the method was not trained on against √KL of the policy from "
                   "the base model (Gao et al. 2022), every evaluation point of every seed, one line per seed in "
@@ -243,13 +245,13 @@ def index_markdown(suite_dir: Path, manifest: dict, runs: pd.DataFrame, table_md
     return "\n".join(lines) + "\n"
 
 
-def protocol_lines(manifest: dict, runs: pd.DataFrame) -> list[str]:
+def protocol_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
     """The protocol version, and for protocol 1 a warning that the folder predates the fair protocol."""
     version = protocol(manifest, runs)
     lines = [f"- **protocol**: {version}"]
     if version < 2:
-        config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-        n = (config.get("eval") or {}).get("max_prompts") if isinstance(config.get("eval"), dict) else None
+        ev = manifest.config.get("eval")
+        n = ev.get("max_prompts") if isinstance(ev, dict) else None
         first = f"the first {n} prompts" if n else "the first prompts"
         lines = [f"> **Warning: protocol {version}.** This folder was made before the fair protocol: evaluation "
                  f"on {first} of each split, no validation split, denoiser-only compute. It is kept for "
@@ -257,22 +259,34 @@ def protocol_lines(manifest: dict, runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def manifest_lines(manifest: dict) -> list[str]:
-    """The suite's command, budget, versions, git revision and device, from manifest.json when present."""
-    lines = []
-    for key, label in (("argv", "command"), ("budget", "budget"), ("versions", "versions"), ("git", "git"),
-                       ("device", "device")):
-        if manifest.get(key) not in (None, "", [], {}):
-            lines.append(f"- **{label}**: `{_describe(manifest[key], key)}`")
+def manifest_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
+    """The suite's budget, model, methods, rewards and seeds, then every command that contributed to it (oldest
+    first) with its time, git revision and device, and the package versions (once if every command shares them)."""
+    budget = budget_text(manifest.budget) if manifest.budget else ", ".join(dict.fromkeys(runs["budget"]))
+    config = manifest.config
+    listed = lambda key, fallback: ", ".join(map(str, config.get(key) or fallback))  # noqa: E731
+    lines = [f"- **budget**: `{budget}` of training compute per run (evaluation is not charged)",
+             f"- **model**: {manifest.model or ', '.join(map(str, dict.fromkeys(runs['model'].dropna()))) or '?'}",
+             f"- **methods**: {listed('methods', dict.fromkeys(runs['method']))}",
+             f"- **rewards**: {listed('rewards', dict.fromkeys(runs['reward']))}",
+             f"- **seeds**: {listed('seeds', sorted(set(runs['seed'])))}"]
+    commands = manifest.commands
+    versions = [_describe(c.versions) for c in commands]
+    shared = len(set(versions)) == 1 and versions[0]
+    if commands:
+        lines.append(f"- **commands** ({len(commands)}, oldest first):")
+    for i, c in enumerate(commands, 1):
+        about = [c.time, f"git `{c.git}`" if c.git else "", c.device, "" if shared else _describe(c.versions), c.note]
+        lines.append(f"  {i}. `{_describe(c.argv) or '(not recorded)'}` — " + "; ".join(a for a in about if a))
+    if shared:
+        lines.append(f"- **versions**: {shared}")
     return lines
 
 
-def _describe(value: Any, key: str = "") -> str:
+def _describe(value: Any) -> str:
     if isinstance(value, list):
         return shlex.join(map(str, value))
     if isinstance(value, dict):
-        if key == "budget" and "text" in value:
-            return str(value["text"])
         return ", ".join(f"{k} {_describe(v)}" for k, v in value.items())
     return str(value)
 

@@ -1,35 +1,8 @@
 """Results on disk: atomic writes, append-only logs, and readers that tell a corrupt file from a crash.
 
-Imports no torch: the report reads results through this module only.
+Imports no torch: the report reads results through this module and bench.schema only.
 
-Layout of one suite folder (``bench run --out SUITE``)::
-
-    SUITE/manifest.json                 suite arguments, package versions, git revision, device, budget
-    SUITE/runs/<run_id>/config.json     the resolved config of one run (method x reward x seed), see RunConfig
-    SUITE/runs/<run_id>/train.jsonl     one row per outer training step (append-only), see TRAIN_KEYS
-    SUITE/runs/<run_id>/eval.jsonl      one row per (evaluation point, split, metric) (append-only), see EVAL_KEYS
-    SUITE/runs/<run_id>/samples/frac{f:.2f}.png   an image grid of the reported split at each evaluation point
-    SUITE/runs/<run_id>/summary.json    written last, atomically: its presence means the run completed
-    SUITE/runs/<run_id>.interrupted-<k>/  an interrupted attempt, moved aside (never deleted) when it is redone
-
-``run_id`` is ``{method}__{reward}__seed{seed}``.
-
-Rows of train.jsonl carry the compute counters (see bench.compute.ComputeMeter.counters) on every row:
-``step`` (1-based outer step), ``nfe`` (denoiser evaluations per sample, a backward counted as 2),
-``nfe_forward``, ``nfe_backward``, ``flops`` (every training forward and backward: denoiser, decoder, reward,
-text encoder) with its parts ``flops_denoiser``, ``flops_decoder``, ``flops_reward``, ``flops_text``,
-``nfe_eq`` (flops in units of one policy denoiser forward), ``reward_calls`` (images scored), ``images``
-(images sampled), ``seconds`` (device time of training work), ``budget_used`` (fraction of the budget spent),
-plus the method's own scalar logs (``reward_mean``, ``loss``, ``divergence``, ``per_prompt_share``, ...).
-
-Rows of eval.jsonl: ``step``, ``fraction`` (the nominal evaluation point k/points: 0.0 is the base model, 1.0
-the end), ``budget_used`` (the fraction really spent), ``nfe``, ``flops``, ``nfe_eq``, ``seconds`` (compute
-spent when it was taken), ``split`` ("train", "validation" or "test"; protocol-1 folders have "heldout"),
-``metric``, ``version``, ``higher_is_better`` (bool), ``value`` (mean over images), ``stderr`` (standard
-error over images; a set metric's own estimate, or 0), ``n`` (images), ``n_prompts`` and ``n_images`` (the
-prompts and images of the split that were evaluated).
-
-Manifests and run configs carry ``protocol`` (docs/protocol.md; absent in protocol-1 folders).
+What is written where, field by field, is bench/schema.py (typed, versioned) and docs/results-format.md.
 """
 
 from __future__ import annotations
@@ -37,18 +10,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from bench.errors import BenchError
 
-TRAIN_KEYS = ("step", "nfe", "nfe_forward", "nfe_backward", "reward_calls", "images", "seconds", "budget_used")
-EVAL_KEYS = ("step", "fraction", "nfe", "seconds", "split", "metric", "version", "higher_is_better", "value",
-             "stderr", "n")  # always present; protocol 2 adds budget_used, flops, nfe_eq, n_prompts, n_images
-
 
 def run_id(method: str, reward: str, seed: int) -> str:
+    """A reward-server URL (http://127.0.0.1:8000/NAME) becomes one path component: http-127.0.0.1-8000-NAME."""
+    reward = re.sub(r"[^A-Za-z0-9._+-]+", "-", reward)
     return f"{method}__{reward}__seed{seed}"
 
 

@@ -1,7 +1,7 @@
 """The runner: trains every (method, reward, seed) of a suite under the same compute budget, evaluates each
 at fixed fractions of it, and writes results so that a killed suite resumes where it stopped.
 
-Per run (see bench/results.py for the files): build the base model (identical for every run), the reward,
+Per run (see bench/schema.py for the files): build the base model (identical for every run), the reward,
 the method; evaluate the base model (fraction 0) on every prompt of the evaluated splits; then repeat outer
 steps — each timed and charged to the meter — evaluating whenever a budget fraction k/points is crossed.
 Budgets are matched exactly (docs/protocol.md): an outer step is started only if a step as costly as the
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import distributed, results
+from bench import distributed, results, schema
 from bench.compute import ComputeMeter
 from bench.distributed import Dist
 from bench.config import (SuiteConfig, eval_prompts, images_per_prompt, method_config, metrics_for, split_prompts,
@@ -32,6 +32,7 @@ from bench.errors import BenchError
 from bench.evaluate import evaluate, image_grid_png, prepare_references
 from bench.reward import Reward
 from bench.registry import metric_class, model_builder, reward_class
+from bench.trackers import RunLog
 
 PROTOCOL = 2
 """Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
@@ -48,7 +49,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def manifest(suite: SuiteConfig, argv: list[str]) -> dict:
+def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:
+    """This command, for the suite's history (bench/schema.py Command): time, argv, git revision, versions."""
     import diffusers
     import peft
     import transformers
@@ -60,17 +62,20 @@ def manifest(suite: SuiteConfig, argv: list[str]) -> dict:
     except (OSError, subprocess.SubprocessError):
         git = None
     dev = resolve_device(suite.device)
-    return {"argv": argv, "protocol": PROTOCOL, "config": to_dict(suite), "git": git, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-                         "peft": peft.__version__}}
+    return schema.Command(
+        argv=list(argv), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), git=git,
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        versions={"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                  "transformers": transformers.__version__, "peft": peft.__version__},
+        methods=list(suite.methods), rewards=list(suite.rewards), seeds=list(suite.seeds))
 
 
-def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show_progress: bool = True) -> list[Path]:
+def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show_progress: bool = True,
+              log_with: tuple[str, ...] = ()) -> list[Path]:
     """Run every missing run of the suite into `out`; returns the run folders. Under `accelerate launch` every
-    process calls this; process 0 alone writes (bench/distributed.py)."""
+    process calls this; process 0 alone writes (bench/distributed.py) and logs to the `log_with` experiment
+    trackers (bench/trackers.py)."""
     dist, dist_device = distributed.init()
     validate(suite)
     out = Path(out)
@@ -98,27 +103,37 @@ def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show
                 run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{k}"))
             dist.barrier()
             task = progress.add_task(results.run_id(method, reward, seed), total=1.0)
-            run_one(suite, method, reward, seed, run_dir,
-                    lambda frac, msg: progress.update(task, completed=min(frac, 1.0), description=msg),
-                    dist, dist_device)
+            with RunLog(log_with if dist.is_main else (), run_dir) as log:  # closed even if the run fails
+                run_one(suite, method, reward, seed, run_dir,
+                        lambda frac, msg: progress.update(task, completed=min(frac, 1.0), description=msg),
+                        dist, dist_device, log)
             progress.advance(overall)
     return dirs
 
 
 def write_manifest(suite: SuiteConfig, out: Path, argv: list[str]) -> None:
-    """Resuming, or extending a suite with more methods / rewards / seeds, needs the same settings."""
-    man = manifest(suite, argv)
+    """Append this command to the suite's history (bench/schema.py Manifest). Resuming, or extending a suite with
+    more methods / rewards / seeds, needs the same settings and protocol; an older manifest is read in any schema
+    and written back in the current one, its history kept."""
+    cmd = command_record(suite, argv)
+    config = json.loads(json.dumps(to_dict(suite)))  # as JSON reads it back (tuples become lists)
     path = out / "manifest.json"
+    man = schema.Manifest(config=config, commands=[cmd], protocol=PROTOCOL, created=cmd.time)
     if path.exists():
-        old = results.read_json(path)
-        now = json.loads(json.dumps(man["config"]))
+        old = schema.Manifest.from_json(results.read_json(path), path)
         lists = ("methods", "rewards", "seeds")
-        if {k: v for k, v in old.get("config", {}).items() if k not in lists} != \
-                {k: v for k, v in now.items() if k not in lists}:
+        # `explicit` records which keys came from --set, not a setting: a default given explicitly is the same suite
+        settings = lambda c: {k: v for k, v in c.items() if k not in (*lists, "explicit")}  # noqa: E731
+        if settings(old.config) != settings(config):
             raise BenchError(f"{out} holds a suite with different settings; choose another --out (nothing was changed)")
+        if (old.protocol or 1) != PROTOCOL:
+            raise BenchError(f"{out} holds a suite made under protocol {old.protocol or 1}, not {PROTOCOL}; "
+                             f"choose another --out (nothing was changed)")
         for k in lists:
-            man["config"][k] = list(dict.fromkeys(old["config"][k] + now[k]))
-    results.write_json_atomic(path, man)
+            config[k] = list(dict.fromkeys([*(old.config.get(k) or []), *config[k]]))
+        man = schema.Manifest(config=config, commands=[*old.commands, cmd], protocol=PROTOCOL,
+                              created=old.created or cmd.time)
+    results.write_json_atomic(path, man.to_json())
 
 
 def build_metrics(suite: SuiteConfig, reward_name: str, reward: Reward, device: torch.device,
@@ -137,7 +152,8 @@ def build_metrics(suite: SuiteConfig, reward_name: str, reward: Reward, device: 
 
 
 def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_dir: Path, on_progress,
-            dist: Dist = Dist(), dist_device: torch.device | None = None) -> None:
+            dist: Dist = Dist(), dist_device: torch.device | None = None, log: RunLog | None = None) -> None:
+    log = log or RunLog((), run_dir)  # experiment trackers: copies of what is written here, never instead of it
     device = dist_device if (dist_device is not None and suite.device == "auto") else resolve_device(suite.device)
     cls, cfg = method_config(method, suite)
     torch.manual_seed(seed)  # LoRA initialisation (the same in every process); the base weights do not depend on it
@@ -150,12 +166,12 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     per_prompt = {s: images_per_prompt(len(p), suite.eval) for s, p in eval_splits.items()}
     algo = cls(method, cfg, policy, suite.sampler, reward, splits["train"], torch.Generator().manual_seed(seed), dist)
     if dist.is_main:
-        results.write_json_atomic(run_dir / "config.json", {
-            "method": method, "reward": reward_name, "seed": seed, "budget": suite.budget.as_dict(),
-            "protocol": PROTOCOL, "model": to_dict(suite.model), "sampler": to_dict(suite.sampler),
-            "eval": to_dict(suite.eval), "eval_images_per_prompt": per_prompt,
-            "method_config": to_dict(cfg), "method_class": f"{cls.__module__}:{cls.__name__}",
-            "metrics": list(metrics), "prompts": splits, "device": str(device), "processes": dist.world})
+        results.write_json_atomic(run_dir / "config.json", schema.RunConfig(
+            method=method, reward=reward_name, seed=seed, budget=suite.budget.as_dict(), protocol=PROTOCOL,
+            model=to_dict(suite.model), sampler=to_dict(suite.sampler), eval=to_dict(suite.eval),
+            eval_images_per_prompt=per_prompt, method_config=to_dict(cfg),
+            method_class=f"{cls.__module__}:{cls.__name__}", metrics=list(metrics), prompts=splits,
+            device=str(device), processes=dist.world).to_json())
 
     budget, points = suite.budget, suite.eval.points
     reported = suite.eval.splits[-1]  # the split shown in sample grids and summary.json (test, or validation)
@@ -170,12 +186,13 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
             used = budget.spent(counters) / budget.amount
             results.append_jsonl(run_dir / "eval.jsonl", [
-                {"step": step, "fraction": f, "budget_used": used, **_compute_columns(counters), **row}
+                schema.EvalRow(step=step, fraction=f, budget_used=used, **_compute_columns(counters), **row).to_json()
                 for f in fractions for row in rows])
             png = image_grid_png(images[reported][: suite.eval.grid_images])
             for f in fractions:
                 results.write_bytes_atomic(run_dir / "samples" / f"frac{f:.2f}.png", png)
             final = {r["metric"]: r["value"] for r in rows if r["split"] == reported}
+            log.evaluation(step, used, rows, images, suite.eval.grid_images)
         dist.barrier()
         return final
 
@@ -199,8 +216,9 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
                              f"the whole budget ({budget.text}); give a larger --budget or a smaller batch")
         frac = budget.spent(counters) / budget.amount
         if dist.is_main:
-            results.append_jsonl(run_dir / "train.jsonl",
-                                 [{"step": algo.steps_done, **counters, "budget_used": frac, **logs}])
+            row = schema.TrainRow(algo.steps_done, frac, counters, logs).to_json()
+            results.append_jsonl(run_dir / "train.jsonl", [row])
+            log.train(row)
         crossed = [i for i in range(1, points) if i not in done_points and frac >= i / points - 1e-9]
         if crossed:
             done_points.update(crossed)
@@ -213,13 +231,13 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         from safetensors.torch import save_file
 
         save_file(policy.trainable_state_dict(), str(run_dir / "adapter.safetensors"))
-        results.write_json_atomic(run_dir / "summary.json", {
-            "status": "complete", "steps": algo.steps_done, **counters, "processes": dist.world,
-            "budget_used": budget.spent(counters) / budget.amount, "reported_split": reported,
-            "wall_seconds": time.perf_counter() - t_start, f"final_{reported}": final})
+        results.write_json_atomic(run_dir / "summary.json", schema.Summary(
+            steps=algo.steps_done, counters=counters, budget_used=budget.spent(counters) / budget.amount,
+            reported_split=reported, final=final, wall_seconds=time.perf_counter() - t_start,
+            processes=dist.world).to_json())
     dist.barrier()
 
 
 def _compute_columns(counters: dict) -> dict:
-    """The compute counters copied into every evaluation row (the report's x axes)."""
-    return {k: counters[k] for k in ("nfe", "seconds", "flops", "nfe_eq") if k in counters}
+    """The compute counters copied into every evaluation row (the report's x axes; schema.EvalRow)."""
+    return {k: counters[k] for k in ("nfe", "seconds", "flops", "nfe_eq")}

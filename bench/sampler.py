@@ -1,4 +1,4 @@
-"""The one LCM multistep sampler every method uses (METHODS.md §1), read as a Gaussian policy.
+"""The one LCM multistep sampler every method uses (docs/methods.md §1), read as a Gaussian policy.
 
     x_{τ_N} ~ N(0, I)
     for n = N … 1:   x̂_0 = f_θ(x_{τ_n}, τ_n, c, w)

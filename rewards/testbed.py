@@ -1,9 +1,10 @@
-"""The testbed's rewards and metrics (DESIGN.md "The built-in testbed"), playing the real ones' roles:
+"""The testbed's rewards and metrics (docs/testbed.md), playing the real ones' roles:
 
 - `testbed-align`: the attribute classifier's summed log-probability of the prompted digit, ink and
   background (the CLIP-score analogue);
 - `testbed-pref`: a learned preference proxy, fitted with a Bradley-Terry loss to a limited number of pairs
-  labelled by the gold (the PickScore analogue; exploitable by design);
+  from the base model's neighbourhood labelled by the gold (the PickScore analogue: informative near the base
+  model, exploitable far from it; `bench.testbed.preference`);
 - `testbed-gold`: the hidden gold preference itself (`bench.testbed.gold`), reported, never trained on by
   default, so reward hacking is measured directly: proxy up, gold down;
 - `testbed-fid`: Fréchet distance, in the 32-d code of an autoencoder that no reward uses, to **real images of
@@ -60,9 +61,9 @@ class TestbedAlign(Reward):
 
 
 class TestbedPref(Reward):
-    """Learned preference proxy: small CNN fitted (Bradley-Terry) to 2,000 gold-labelled pairs (PickScore analogue)."""
+    """Learned preference proxy: small CNN fitted (Bradley-Terry) to 4,000 gold-labelled pairs (PickScore analogue)."""
 
-    name, version, higher_is_better, differentiable = "testbed-pref", "1", True, True
+    name, version, higher_is_better, differentiable = "testbed-pref", "2", True, True
 
     def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
         super().__init__(device, meter)

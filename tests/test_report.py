@@ -1,9 +1,10 @@
-"""bench.report and bench.judge.
+"""bench.report, bench.judge and the results schema (bench.schema) the runner writes and the report reads.
 
-The report's outputs, its frontier plot and its hacking flags are checked on a suite folder written by the real
-runner on the tiny model (session fixture, ~20 s), and on a copy of two runs of the published protocol-1
-results/testbed. Hand-made folders only test tolerance of odd files (corrupt, torn, empty, interrupted);
-bench.judge's pure functions are checked on small hand-made frames with known answers.
+The report's outputs, its index, its frontier plot and its hacking flags are checked on a suite folder written by
+the real `bench run` on the tiny model, twice into one folder (seed 0, then seed 1 added: a module fixture, ~30 s),
+and on a copy of two runs of the published protocol-1 results/testbed; every published manifest is read.
+Hand-made folders only test tolerance of odd files (corrupt, torn, empty, interrupted); bench.judge's pure
+functions are checked on small hand-made frames with known answers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,16 +24,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import judge
+from bench import judge, schema
 from bench.errors import BenchError
 from bench.registry import MODEL_DEFAULTS
 from bench.report import build_report, tex_escape
-from bench.results import append_jsonl, read_jsonl, run_id, write_json_atomic
+from bench.results import append_jsonl, read_json, read_jsonl, run_id, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["rocm-kl", "rocm-none", "ddpo"]
 REWARD = "brightness"
 SEEDS = [0, 1]
+BUDGET = "200nfe"
+FAST = ["rocm-none.lr=0.01"]  # unregularised ROCM at 3x its lr: it hacks within the tiny budget
 T_975_1DOF = math.tan(math.pi * (0.975 - 0.5))  # Student t with 1 dof is the Cauchy distribution: 12.706
 
 
@@ -55,22 +59,37 @@ def small_sets(methods: list[str]) -> list[str]:
     return sets
 
 
-@pytest.fixture(scope="session")
-def runner_suite(tmp_path_factory) -> Path:
-    """3 methods x brightness x 2 seeds on the tiny model, 400 NFE, evaluated at 0, 0.5 and 1: the real runner."""
-    from bench.compute import Budget
-    from bench.config import SuiteConfig, apply_sets
-    from bench.runner import run_suite
+def bench_run(*args: str) -> list[str]:
+    """`bench run ARGS` through the real command line, in this process (no interpreter start-up); its argv."""
+    from bench.cli import app
 
-    suite = SuiteConfig(methods=METHODS, rewards=[REWARD], seeds=SEEDS, budget=Budget.parse("400nfe"))
-    suite.model.name = "tiny"
-    apply_sets(suite, small_sets(METHODS))
+    argv = ["bench", "run", *args]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", argv)  # what the runner records, as from a shell
+        app(argv[1:], standalone_mode=False)
+    return argv
+
+
+def suite_args(out: Path, seed: int) -> list[str]:
+    return ["--model", "tiny", "--methods", ",".join(METHODS), "--rewards", REWARD, "--seeds", str(seed),
+            "--budget", BUDGET, "--out", str(out), "--no-progress",
+            *(a for s in [*small_sets(METHODS), *FAST] for a in ("--set", s))]
+
+
+@pytest.fixture(scope="module")
+def runner_commands(tmp_path_factory) -> tuple[Path, list[list[str]]]:
+    """3 methods x brightness on the tiny model, 200 NFE, evaluated at 0, 0.5 and 1, by two `bench run` commands
+    into one folder: seed 0, then seed 1 (the first command's runs are skipped as complete). (folder, argvs)."""
     out = tmp_path_factory.mktemp("runner") / "suite"
-    run_suite(suite, out, argv=["bench", "run", "--model", "tiny"], show_progress=False)
-    return out
+    return out, [bench_run(*suite_args(out, seed)) for seed in SEEDS]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def runner_suite(runner_commands) -> Path:
+    return runner_commands[0]
+
+
+@pytest.fixture(scope="module")
 def runner_report(runner_suite) -> tuple[Path, list[Path]]:
     return runner_suite, build_report(runner_suite)
 
@@ -158,7 +177,7 @@ def test_table_has_peak_and_hacked_columns_consistent_with_judge(runner_report):
         assert table[method]["select"] == select
         assert float(table[method]["peak_mean"]) == pytest.approx(sum(p["value"] for p in peaks) / 2, rel=1e-12)
         assert float(table[method]["peak_kl_mean"]) == pytest.approx(sum(p["kl"] for p in peaks) / 2, rel=1e-12)
-    # unregularised ROCM hacks the tiny model's diversity within 400 NFE: the bold rule below is not vacuous
+    # unregularised ROCM (FAST) hacks the tiny model's diversity within 200 NFE: the bold rule below is not vacuous
     assert any(expected_hacked(frames, m) for m in METHODS)
 
 
@@ -189,7 +208,7 @@ def test_ci_matches_hand_computation(runner_report):
     row = read_table(suite / "report")["rocm-kl"]
     assert float(row[f"{REWARD}_mean"]) == pytest.approx(mean, rel=1e-12)
     assert float(row[f"{REWARD}_ci95"]) == pytest.approx(T_975_1DOF * std / math.sqrt(2), rel=1e-9)
-    assert row[f"{REWARD}_n"] == "2" and row["beta"] == "10" and row["budget"] == "400nfe"
+    assert row[f"{REWARD}_n"] == "2" and row["beta"] == "10" and row["budget"] == BUDGET
 
 
 def test_incomplete_run_is_marked_and_counts_where_it_stopped(runner_suite, tmp_path):
@@ -208,7 +227,7 @@ def test_incomplete_run_is_marked_and_counts_where_it_stopped(runner_suite, tmp_
               if r["split"] == split and r["metric"] == REWARD and r["fraction"] == 1.0]
     finals += [r["value"] for r in rows if r["split"] == split and r["metric"] == REWARD and r["fraction"] == 0.5]
     assert float(table["ddpo"][f"{REWARD}_mean"]) == pytest.approx(sum(finals) / 2)
-    assert "| ddpo | brightness | – | 400nfe | 2 | incomplete" in (suite / "report" / "table.md").read_text()
+    assert f"| ddpo | brightness | – | {BUDGET} | 2 | incomplete" in (suite / "report" / "table.md").read_text()
 
 
 def test_imports_no_torch(runner_suite, tmp_path):
@@ -218,6 +237,84 @@ def test_imports_no_torch(runner_suite, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------- the schema and the manifest
+
+def test_manifest_keeps_every_command(runner_commands):
+    suite, argvs = runner_commands
+    data = read_json(suite / "manifest.json")
+    assert data["schema"] == schema.SCHEMA_VERSION and data["protocol"] == 2
+    man = schema.Manifest.from_json(data)
+    assert [c.argv for c in man.commands] == argvs and [c.seeds for c in man.commands] == [[0], [1]]
+    assert man.seeds == SEEDS and man.budget["text"] == BUDGET and man.config["methods"] == METHODS
+    assert man.created == man.commands[0].time <= man.commands[1].time
+    for c in man.commands:
+        assert c.time and c.device and set(c.versions) == {"python", "torch", "diffusers", "transformers", "peft"}
+    assert man.to_json() == data  # what the runner wrote is exactly the typed record
+
+
+def test_index_shows_budget_every_command_versions_and_seeds(runner_commands, runner_report):
+    suite, argvs = runner_commands
+    index = (suite / "report" / "index.md").read_text()
+    man = schema.Manifest.from_json(read_json(suite / "manifest.json"))
+    assert f"- **budget**: `{BUDGET}`" in index and "- **seeds**: 0, 1" in index and "- **model**: tiny" in index
+    assert f"- **methods**: {', '.join(METHODS)}" in index and "- **commands** (2, oldest first):" in index
+    for i, argv in enumerate(argvs, 1):
+        assert f"  {i}. `{shlex.join(argv)}` — {man.commands[i - 1].time}" in index
+    versions = next(line for line in index.splitlines() if line.startswith("- **versions**: "))
+    assert all(f"{k} {v}" in versions for k, v in man.commands[0].versions.items())  # shared by both commands
+    if man.commands[0].git:
+        assert f"git `{man.commands[0].git}`" in index
+
+
+def test_rows_written_by_the_runner_follow_the_schema(runner_suite):
+    eval_fields = {f.name for f in dataclasses.fields(schema.EvalRow)}
+    assert set(schema.EVAL_REQUIRED) | set(schema.EVAL_OPTIONAL) <= eval_fields
+    for d in sorted((runner_suite / "runs").iterdir()):
+        assert all(set(r) == eval_fields for r in read_jsonl(d / "eval.jsonl")), d.name
+        assert all(set(schema.COUNTER_KEYS) | {"step", "budget_used"} <= set(r) for r in read_jsonl(d / "train.jsonl"))
+        config = read_json(d / "config.json")
+        assert schema.RunConfig.from_json(config).to_json() == config
+        assert config["schema"] == schema.SCHEMA_VERSION and config["budget"]["text"] == BUDGET
+        summary = read_json(d / "summary.json")
+        assert schema.Summary.from_json(summary).to_json() == summary
+
+
+def test_a_schema_0_manifest_is_resumed_with_its_command_kept(runner_commands, tmp_path):
+    """A folder whose manifest was written before the schema (one command at its top level) is extended by a
+    new command; the old command stays first in the history."""
+    src, argvs = runner_commands
+    suite = tmp_path / "suite"
+    shutil.copytree(src, suite, ignore=shutil.ignore_patterns("report"))
+    new = read_json(suite / "manifest.json")
+    last = new["commands"][-1]
+    write_json_atomic(suite / "manifest.json", {"argv": last["argv"], "config": new["config"], "created": last["time"],
+                                                "device": last["device"], "git": last["git"], "protocol": 2,
+                                                "versions": last["versions"]})
+    again = bench_run(*suite_args(suite, 1))  # every run complete: only the manifest changes
+    man = schema.Manifest.from_json(read_json(suite / "manifest.json"))
+    assert [c.argv for c in man.commands] == [argvs[1], again] and man.seeds == SEEDS
+
+
+def test_every_published_manifest_is_read():
+    """results/ holds protocol-1 and protocol-2 folders of schema 0 (never rewritten): each gives its budget and
+    its commands, a hand-merged one ("merged_from") all of them."""
+    manifests = sorted((REPO / "results").glob("*/manifest.json"))
+    assert manifests
+    for path in manifests:
+        data = read_json(path)
+        man = schema.Manifest.from_json(data, path)
+        assert man.budget["text"] and man.seeds and man.protocol in (1, 2), path
+        assert man.commands[-1].argv == data["argv"] and man.commands[-1].time == data["created"], path
+        assert len(man.commands) == 1 + len(data.get("merged_from", [])), path
+        assert man.commands[-1].versions == data["versions"] and man.commands[-1].git == data["git"], path
+
+
+def test_a_newer_schema_is_refused_in_one_line():
+    with pytest.raises(BenchError, match="schema 99, newer than") as e:
+        schema.Manifest.from_json({"schema": 99, "config": {}})
+    assert "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------- a published protocol-1 folder
@@ -234,6 +331,8 @@ def test_old_protocol_folder(tmp_path):
     index = (out / "index.md").read_text()
     assert "> **Warning: protocol 1.**" in index and "first 16 prompts of each split" in index
     assert "- **protocol**: 1" in index and "reported split, **heldout**" in index
+    assert "- **budget**: `15000nfe`" in index and "- **seeds**: 0, 1, 2" in index  # from config, schema 0
+    assert "- **commands** (1, oldest first):" in index and "bench run --model testbed" in index
     with Image.open(out / "frontier_testbed-pref.png") as im:
         im.verify()
     header, rows = md_rows(out)

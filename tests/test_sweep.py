@@ -199,7 +199,7 @@ def test_from_sweep_runs_the_selected_configuration_on_test_prompts(swept, tmp_p
     assert cfg["method_config"]["samples_per_prompt"] == 2  # the sweep's fixed --set travels too
     record = json.loads((final / "from_sweep.json").read_text())
     assert record["sweep"] == str(out.resolve()) and record["selected"]["ddpo"] == selected["ddpo"]["brightness"]
-    assert "--from-sweep" in json.loads((final / "manifest.json").read_text())["argv"]
+    assert "--from-sweep" in json.loads((final / "manifest.json").read_text())["commands"][-1]["argv"]
 
 
 def cli_error(capsys, monkeypatch, *args) -> str:

@@ -1,4 +1,4 @@
-"""The built-in offline testbed (DESIGN.md "The built-in testbed"): coloured handwritten digits, a
+"""The built-in offline testbed (docs/testbed.md): coloured handwritten digits, a
 consistency-distilled pixel-space LCM of the real diffusers classes, and rewards that play the real ones' roles.
 
 Modules: `world_prompts` (grammar and splits, torch-free), `world` (images), `generator` and `distill`
