@@ -50,6 +50,39 @@ def save_tiny_lcm(root, time_cond: int | None = 32):
     LCMScheduler().save_pretrained(root / "scheduler")
 
 
+def write_model_index(folder, pipeline_class: str):
+    """model_index.json of a tiny pipeline folder (no safety checker), so `PIPELINE.from_pretrained` loads it."""
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": pipeline_class, "_diffusers_version": "0.39.0",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "LCMScheduler"], "safety_checker": [None, None], "feature_extractor": [None, None]}))
+
+
+def save_tiny_sd15_with_lcm_lora(cache):
+    """A tiny SD 1.5 (no guidance embedding) and a non-trivial tiny "LCM-LoRA" in the cache, where bench.hub looks;
+    returns the UNet with that LoRA applied (the model lcm-lora-sd15 must equal once fused)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from bench.hub import LCM_LORA_SD15, SD15
+
+    base = cache_repo(cache, SD15)
+    save_tiny_lcm(base, time_cond=None)
+    write_model_index(base, "StableDiffusionPipeline")
+    unet = UNet2DConditionModel.from_pretrained(base / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)  # a non-trivial "LCM-LoRA"
+    StableDiffusionPipeline.save_lora_weights(cache_repo(cache, LCM_LORA_SD15),
+                                              unet_lora_layers=get_peft_model_state_dict(unet))
+    return unet
+
+
 def cache_repo(cache, repo_id):
     """The snapshot folder of `repo_id` in a Hugging Face cache, with refs/main pointing at it."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -95,29 +128,10 @@ def test_dreamshaper_loads_from_cache_and_samples_with_gradients(hf_cache):
 
 def test_lcm_lora_sd15_fuses_the_adapter(hf_cache):
     """SD 1.5 + LCM-LoRA: the fused UNet equals base + LoRA delta, and sampling works without a guidance embedding."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    from bench.hub import LCM_LORA_SD15, SD15, lcm_lora_sd15
+    from bench.hub import lcm_lora_sd15
     from bench.sampler import SamplerConfig, sample
 
-    base = cache_repo(hf_cache, SD15)
-    save_tiny_lcm(base, time_cond=None)
-    (base / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.39.0",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "LCMScheduler"], "safety_checker": [None, None], "feature_extractor": [None, None]}))
-    unet = UNet2DConditionModel.from_pretrained(base / "unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    with torch.no_grad():
-        for n, p in unet.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)  # a non-trivial "LCM-LoRA"
-    StableDiffusionPipeline.save_lora_weights(cache_repo(hf_cache, LCM_LORA_SD15),
-                                              unet_lora_layers=get_peft_model_state_dict(unet))
+    unet = save_tiny_sd15_with_lcm_lora(hf_cache)
     policy = lcm_lora_sd15(ModelConfig(name="lcm-lora-sd15", lora_rank=4, resolution=16))
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([500, 500])
     cond = policy.encode_prompts(["a cat", "a dog"])
