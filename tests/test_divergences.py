@@ -29,7 +29,7 @@ from methods.divergences import (
     whole_vector_delta,
 )
 
-# The f of each divergence, as in METHODS.md section 2 (numpy, u = likelihood ratio).
+# The f of each divergence, as in docs/methods.md section 2 (numpy, u = likelihood ratio).
 F_OF_U = {
     "kl": lambda u: xlogy(u, u),
     "js": lambda u: 0.5 * (xlogy(u, u) - (u + 1) * np.log((u + 1) / 2)),

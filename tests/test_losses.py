@@ -79,7 +79,7 @@ def test_d3po_matches_clamp_before_log_and_survives_overflow() -> None:
     gen = torch.Generator().manual_seed(0)
     logp_w, ref_w, logp_l, ref_l = (0.3 * torch.randn(64, generator=gen, dtype=torch.float64) for _ in range(4))
     loss, _ = d3po_loss(logp_w, ref_w, logp_l, ref_l, 0.1, 0.1)
-    # D3PO's form (METHODS.md section 4): the ratio is clamped, then logged.
+    # D3PO's form (docs/methods.md section 5): the ratio is clamped, then logged.
     ratio_w = torch.clamp(torch.exp(logp_w - ref_w), 0.9, 1.1)
     ratio_l = torch.clamp(torch.exp(logp_l - ref_l), 0.9, 1.1)
     expected = -torch.log(torch.sigmoid(0.1 * (ratio_w.log() - ratio_l.log()))).mean()
