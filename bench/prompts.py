@@ -5,7 +5,8 @@
 - `test`: held-out prompts that are reported, seen by no training and by no tuning.
 
 Validation and test are unseen combinations of seen words (or unseen subjects), built the same way so that
-selecting on validation predicts test. Users may pass their own files instead, one prompt per line:
+selecting on validation predicts test. The benchmarks `drawbench`, `parti` and `hpdv2` come from the hub cache
+(`bench fetch NAME`; splits in bench/prompts_hub.py). Users may pass their own files instead, one prompt per line:
 `--set prompts.train=FILE`, `--set prompts.validation=FILE`, `--set prompts.test=FILE`.
 """
 
@@ -15,6 +16,8 @@ from itertools import product
 from pathlib import Path
 
 from bench.errors import BenchError, unknown_name
+from bench.prompts_animal_activities import build_splits as _animal_activity_splits
+from bench.prompts_hub import HUB_PROMPT_SETS, load_hub_split
 from bench.testbed.world_prompts import TEST_PROMPTS as _TESTBED_TEST
 from bench.testbed.world_prompts import TRAIN_PROMPTS as _TESTBED_TRAIN
 from bench.testbed.world_prompts import VALIDATION_PROMPTS as _TESTBED_VALIDATION
@@ -58,6 +61,8 @@ PROMPT_SETS: dict[str, dict[str, list[str]]] = {
                 "test": [f"a photo of a {a}" for a in _ANIMALS_HELDOUT[1::2]]},
     "styles": {"train": [p for p in _STYLE_PAIRS if p not in _STYLE_TEST + _STYLE_VALIDATION],
                "validation": _STYLE_VALIDATION, "test": _STYLE_TEST},
+    # Our own 50 animals x 20 activities, held-out animals and activities (bench/prompts_animal_activities.py).
+    "animal-activities": _animal_activity_splits(),
     # Coloured digits: 90 training combinations; 10 validation and 10 test (digit, ink, background) combinations,
     # never seen by the generator's training or RL training (bench/testbed/world_prompts.py).
     "testbed": {"train": _TESTBED_TRAIN, "validation": _TESTBED_VALIDATION, "test": _TESTBED_TEST},
@@ -70,6 +75,8 @@ def load_prompts(name_or_file: str, split: str) -> list[str]:
         raise unknown_name("prompt split", split, list(SPLITS))
     if name_or_file in PROMPT_SETS:
         return list(PROMPT_SETS[name_or_file][split])
+    if name_or_file in HUB_PROMPT_SETS:  # drawbench, parti, hpdv2: from the hub cache (bench fetch NAME)
+        return load_hub_split(name_or_file, split)
     path = Path(name_or_file)
     if path.suffix or "/" in name_or_file:
         if not path.is_file():
@@ -78,4 +85,4 @@ def load_prompts(name_or_file: str, split: str) -> list[str]:
         if not prompts:
             raise BenchError(f"prompt file is empty: {path}")
         return prompts
-    raise unknown_name("prompt set", name_or_file, list(PROMPT_SETS))
+    raise unknown_name("prompt set", name_or_file, [*PROMPT_SETS, *HUB_PROMPT_SETS])

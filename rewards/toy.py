@@ -1,7 +1,8 @@
 """Toy rewards for the tiny random models and CI: cheap, exact, and with known optima.
 
 `brightness` and `colorfulness` are differentiable (first-order methods can use them); `jpeg-compressibility`
-is not (it is DDPO's classic: the negative JPEG file size), so only policy-gradient methods can train on it.
+and `jpeg-incompressibility` are not (DDPO's and RLCM's classic tasks: minus and plus the JPEG file size), so only
+policy-gradient and preference methods can train on them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from bench.reward import Reward, SetMetric
+from bench.reward_protocol import to_uint8
 
 
 class Brightness(Reward):
@@ -37,19 +39,36 @@ class Colorfulness(Reward):
         return std + 0.3 * mean
 
 
+JPEG_QUALITY = 95  # DDPO's and RLCM's setting for both JPEG rewards
+
+
+def jpeg_kb(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B,) JPEG file sizes in kB (1000 bytes), as DDPO/RLCM measure them: pixels
+    rounded to uint8, saved by PIL at `quality` (no gradient: the size is a count of bytes)."""
+    sizes = []
+    for a in to_uint8(images):  # (H, W, 3) uint8
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=quality)
+        sizes.append(buf.tell() / 1000.0)
+    return torch.tensor(sizes, dtype=torch.float32, device=images.device)
+
+
 class JpegCompressibility(Reward):
-    """Negative JPEG size in kB at quality 95, as DDPO's compressibility reward (not differentiable)."""
+    """Negative JPEG size in kB at quality 95, as DDPO's and RLCM's compressibility reward (not differentiable)."""
 
     name, version, differentiable = "jpeg-compressibility", "1", False
 
     def score(self, images, prompts):
-        arr = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        sizes = []
-        for a in arr:
-            buf = io.BytesIO()
-            Image.fromarray(a).save(buf, format="JPEG", quality=95)
-            sizes.append(-buf.tell() / 1000.0)
-        return torch.tensor(sizes, dtype=torch.float32, device=images.device)
+        return -jpeg_kb(images)
+
+
+class JpegIncompressibility(Reward):
+    """JPEG size in kB at quality 95, as DDPO's and RLCM's incompressibility reward (not differentiable)."""
+
+    name, version, differentiable = "jpeg-incompressibility", "1", False
+
+    def score(self, images, prompts):
+        return jpeg_kb(images)
 
 
 class PixelDiversity(SetMetric):

@@ -2,7 +2,8 @@
 
 `FETCH` lists, for every name `bench fetch NAME` accepts, the (hub repo id, file) pairs it downloads; a file of
 `None` means the repo's model snapshot (configs, tokenizer files and one copy of the weights). `URL_FETCH` holds
-the one weight file that is not on the hub (clean-fid's Inception), stored in the torch hub cache.
+the weight files that are not on the hub (clean-fid's Inception, the LAION aesthetic head), stored in the torch
+hub cache.
 Constructors call `hub_folder` / `hub_file` / `url_file`, which look in the cache only and raise a one-line
 `BenchError` naming the `bench fetch` command when something is missing. `fetch(names)` is the downloader.
 """
@@ -38,13 +39,18 @@ FETCH: dict[str, list[tuple[str, str | None]]] = {
     "hpsv21": [(HPS, "HPS_v2.1_compressed.pt")],
     "imagereward": [(IMAGEREWARD, "ImageReward.pt"), (IMAGEREWARD, "med_config.json")]
     + [(BERT, f) for f in BERT_TOKENIZER_FILES],
+    "aesthetic": [(CLIP_L14, None)],  # + its head below (URL_FETCH)
 }
 
 # clean-fid's TorchScript Inception (the one its "clean" mode uses); the URL is clean-fid's own constant.
 INCEPTION_FILE = "inception-2015-12-05.pt"
+AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 URL_FETCH: dict[str, list[tuple[str, str]]] = {
     "inception": [("https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
                    INCEPTION_FILE)],
+    # The LAION aesthetic head exactly as DDPO ships it (the improved-aesthetic-predictor repository's file).
+    "aesthetic": [("https://github.com/kvablack/ddpo-pytorch/raw/main/ddpo_pytorch/assets/"
+                   "sac%2Blogos%2Bava1-l14-linearMSE.pth", AESTHETIC_HEAD_FILE)],
 }
 
 

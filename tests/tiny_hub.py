@@ -27,9 +27,10 @@ BERT_WORDS = ["a", "an", "the", "of", "on", "in", "with", "photo", "painting", "
               "sitting", "mat", "house", "tree", "##s", "##ing"]
 
 
-def snapshot_dir(cache: Path, repo_id: str) -> Path:
-    """Create (if needed) and return the snapshot folder of `repo_id` in the hub cache at `cache`."""
-    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
+def snapshot_dir(cache: Path, repo_id: str, repo_type: str = "model") -> Path:
+    """Create (if needed) and return the snapshot folder of `repo_id` (a "model" or "dataset" repo) in the hub
+    cache at `cache`."""
+    repo = Path(cache) / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(COMMIT)
     folder = repo / "snapshots" / COMMIT
@@ -167,3 +168,20 @@ def put_imagereward(cache: Path) -> Path:
     (folder / "med_config.json").write_text(json.dumps(cfg))
     torch.save(state, folder / "ImageReward.pt")
     return folder
+
+
+def put_aesthetic(cache: Path) -> Path:
+    """Tiny CLIP ViT-L/14 stand-in (projection 16) in the hub cache + an aesthetic head of the original's layer
+    shapes with a 16-d input, saved as DDPO's state dict in the torch hub cache; returns the head file."""
+    from rewards import weights
+
+    put_clip(cache)
+    torch.manual_seed(6)
+    dims = [16, 1024, 128, 64, 16, 1]
+    layers = {i: torch.nn.Linear(d_in, d_out) for i, d_in, d_out in zip(("0", "2", "4", "6", "7"), dims, dims[1:])}
+    state = {f"layers.{i}.{k}": torch.randn_like(v) * 0.2 for i, layer in layers.items()  # visible, not ~0, scores
+             for k, v in layer.state_dict().items()}
+    path = weights.url_cache_dir() / weights.AESTHETIC_HEAD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
