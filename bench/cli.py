@@ -1,4 +1,4 @@
-"""The `bench` command line (typer): ls, run, sweep, report, perf, fetch, testbed.
+"""The `bench` command line (typer): ls, run, sweep, report, export, sample, perf, fetch, testbed.
 
 Mistakes a user can fix (unknown names, bad budgets, missing weights, corrupt files, NaN losses) print one
 line, `error: ...`, and exit with code 2 — never a traceback. Heavy imports happen inside the commands so
@@ -45,17 +45,19 @@ def _seeds(text: str) -> list[int]:
 
 @app.command("ls")
 def ls() -> None:
-    """List methods, rewards, metrics, models and divergences, one line each."""
+    """List methods, rewards, metrics, models and divergences (installed plugins too), one line each."""
+    from bench.plugins import load_entry_points
     from bench.registry import METHODS, MODELS, REWARDS, SET_METRICS, describe
 
+    load_entry_points()
     print("methods:")
     for name, (target, overrides) in METHODS.items():
         extra = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        print(f"  {name:<22} {describe(target)}" + (f" [{extra}]" if extra else ""))
-    _section("rewards (also metrics):", REWARDS, describe)
-    _section("set metrics (evaluation only):", SET_METRICS, describe)
+        print(f"  {name:<22} {describe(target, 'method')}" + (f" [{extra}]" if extra else ""))
+    _section("rewards (also metrics):", REWARDS, lambda t: describe(t, "reward"))
+    _section("set metrics (evaluation only):", SET_METRICS, lambda t: describe(t, "metric"))
     print(f"  {'kl-to-base':<22} KL of the policy's trajectory distribution from the base model (always computed)")
-    _section("models:", MODELS, describe)
+    _section("models:", MODELS, lambda t: describe(t, "model"))
     from methods.divergences import DIVERGENCES
 
     _section("divergences (ROCM):", DIVERGENCES, lambda fn: (fn.__doc__ or "").strip().splitlines()[0])
@@ -76,7 +78,7 @@ def run(
                                                      "the model's own, e.g. testbed-pref on the testbed, pickscore on "
                                                      "real models)."),
     model: Optional[str] = typer.Option(None, help=f"Base model (`bench ls`; default {DEFAULT_MODEL})."),
-    seeds: str = typer.Option("0", help="Comma-separated seeds; one run per seed."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds; one run per seed (default 0)."),
     budget: Optional[str] = typer.Option(None, help=f"Training compute per run: 3e12flop / 2.5tflop (FLOPs of "
                                                     f"every module, forward and backward), 2000nfe (denoiser "
                                                     f"evaluations per sample only, backward = 2), or device time: "
@@ -88,11 +90,22 @@ def run(
     from_sweep: Optional[Path] = typer.Option(None, "--from-sweep", help="Run the configurations `bench sweep` "
                                               "selected in this folder (its model, rewards, budget and --sets) on "
                                               "fresh --seeds and the test prompts; only eval.* may be --set."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1, or auto (default auto)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A suite file (TOML: methods, rewards, seeds, "
+                                          "budget, model, out, device and a 'set' table, e.g. examples/testbed.toml); "
+                                          "flags given here override it."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    log_with: Optional[str] = typer.Option(None, "--log-with", help="Also log to experiment trackers, offline, "
+                                           "into each run folder: tensorboard, wandb, trackio (comma-separated; "
+                                           "default none). Tags: train/*, eval/<split>/<metric>, samples/<split>."),
 ) -> None:
     """Train every method x reward x seed under the same budget, evaluating as it goes."""
     argv = ["bench", *sys.argv[1:]]
+    from bench.trackers import parse_log_with
+
+    trackers = parse_log_with(log_with)  # an unknown or uninstalled tracker is reported before anything runs
+    if from_sweep is not None and config is not None:
+        raise BenchError("--config and --from-sweep: give one (a sweep folder already holds its settings)")
     if from_sweep is not None:
         from bench.sweep_results import run_from_sweep
 
@@ -100,30 +113,41 @@ def run(
                  if value is not None]
         if given:
             raise BenchError(f"{', '.join(given)}: with --from-sweep these come from {from_sweep / 'sweep.json'}")
-        dirs = run_from_sweep(from_sweep, _seeds(seeds), out, _split(methods) if methods else None, set_, device,
-                              argv, show_progress=progress)
+        from bench.registry import resolve_names
+
+        chosen = resolve_names("method", _split(methods)) if methods else None  # plugins' paths -> their names
+        dirs = run_from_sweep(from_sweep, _seeds(seeds or "0"), out, chosen, set_,
+                              device or "auto", argv, show_progress=progress, log_with=trackers)
         if os.environ.get("RANK", "0") == "0":
             folders = sorted({str(d.parent.parent) for d in dirs})
             print(f"{len(dirs)} runs in {', '.join(folders)}; next: bench report {folders[0]}")
         return
 
+    from bench import suite_file
+    from bench.runner import run_suite
+
+    flags = suite_file.RunOptions(methods=methods, rewards=rewards, model=model, seeds=seeds, budget=budget,
+                                  out=None if out is None else str(out), device=device, sets=list(set_))
+    suite, out = suite_from_options(suite_file.merge(suite_file.load(config), flags) if config else flags)
+    dirs = run_suite(suite, out, argv=argv, show_progress=progress, log_with=trackers)
+    if os.environ.get("RANK", "0") == "0":  # one line, from the one process that wrote the results
+        print(f"{len(dirs)} runs in {out}; next: bench report {out}")
+
+
+def suite_from_options(opts) -> tuple:
+    """(SuiteConfig, suite folder) of `bench run`'s options (bench.suite_file.RunOptions), defaults filled in."""
     from bench.compute import Budget
     from bench.config import SuiteConfig, apply_sets
     from bench.models import ModelConfig
-    from bench.runner import run_suite
+    from bench.registry import MODEL_DEFAULTS, find
 
-    from bench.registry import MODEL_DEFAULTS, model_builder
-
-    model = model or DEFAULT_MODEL
-    out = out or Path("results/default")
-    model_builder(model)  # an unknown model is reported before anything else
-    rewards = rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")
-    suite = SuiteConfig(methods=_split(methods or DEFAULT_METHODS), rewards=_split(rewards), seeds=_seeds(seeds),
-                        budget=Budget.parse(budget or DEFAULT_BUDGET), model=ModelConfig(name=model), device=device)
-    apply_sets(suite, set_)
-    dirs = run_suite(suite, out, argv=argv, show_progress=progress)
-    if os.environ.get("RANK", "0") == "0":  # one line, from the one process that wrote the results
-        print(f"{len(dirs)} runs in {out}; next: bench report {out}")
+    model = find("model", opts.model or DEFAULT_MODEL)  # an unknown model first; a plugin's path -> its name
+    rewards = opts.rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")
+    suite = SuiteConfig(methods=_split(opts.methods or DEFAULT_METHODS), rewards=_split(rewards),
+                        seeds=_seeds(opts.seeds or "0"), budget=Budget.parse(opts.budget or DEFAULT_BUDGET),
+                        model=ModelConfig(name=model), device=opts.device or "auto")
+    apply_sets(suite, opts.sets)
+    return suite, Path(opts.out or "results/default")
 
 
 @app.command()
@@ -146,14 +170,15 @@ def sweep(
 ) -> None:
     """Tune every method with the same number of trials on validation prompts and sweep seeds; select by a
     declared rule (selected.json) and report how sensitive each method is to its knobs (sensitivity.md)."""
-    from bench.registry import MODEL_DEFAULTS, model_builder
+    from bench.registry import MODEL_DEFAULTS, find, resolve_names
     from bench.sweep import SweepSettings, run_sweep, selection_metric
 
-    model_builder(model)
-    reward_list = _split(rewards or MODEL_DEFAULTS.get(model, {}).get("reward", ""))
+    model = find("model", model)  # plugins' import paths -> their declared names, as in `bench run`
+    reward_list = resolve_names("reward", _split(rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")))
     if not reward_list:
         raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
-    settings = SweepSettings(methods=_split(methods), rewards=reward_list, model=model, budget=budget, trials=trials,
+    settings = SweepSettings(methods=resolve_names("method", _split(methods)), rewards=reward_list, model=model,
+                             budget=budget, trials=trials,
                              sampler=sampler, sweep_seeds=_seeds(sweep_seeds),
                              select={r: select or selection_metric(model, r) for r in reward_list},
                              sets=list(set_), device=device)
@@ -195,24 +220,87 @@ def perf(
 
 
 @app.command()
-def fetch(names: list[str] = typer.Argument(..., help="Models and rewards whose weights to download "
-                                                       "(e.g. lcm-dreamshaper-v7 pickscore hpsv2 inception).")) -> None:
-    """Download weights into the Hugging Face cache: the only command that uses the network."""
+def export(run_dir: Path = typer.Argument(..., help="A completed run folder: SUITE/runs/<method>__<reward>__seed<s>."),
+           out: Path = typer.Option(..., help="New folder for the LoRA (must not exist, or be empty).")) -> None:
+    """Write a run's trained LoRA in the diffusers format (pytorch_lora_weights.safetensors) that
+    `pipe.load_lora_weights(OUT, weight_name=...)` loads: LatentConsistencyModelPipeline for lcm-dreamshaper-v7,
+    StableDiffusionPipeline with LCM-LoRA fused for lcm-lora-sd15 (OUT/USAGE.md has the code)."""
+    from bench.trained import export as export_lora
+
+    files = export_lora(run_dir, out)
+    print(f"wrote {', '.join(str(f) for f in files)}; load with pipe.load_lora_weights(\"{out}\", "
+          f"weight_name=\"{files[0].name}\") (the code for this model: {out / 'USAGE.md'})")
+
+
+@app.command()
+def sample(run_dir: Path = typer.Argument(..., help="A completed run folder: SUITE/runs/<method>__<reward>__seed<s>."),
+           prompt: list[str] = typer.Option(..., help="A prompt (repeatable)."),
+           n: int = typer.Option(8, help="Images per prompt."),
+           out: Path = typer.Option(..., help="New folder (absent or empty) for the PNG images, grid.png and "
+                                              "samples.json."),
+           seed: int = typer.Option(0, help="Seed of the sampling noise (the same seed gives the same images)."),
+           device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto.")) -> None:
+    """Draw images for your own prompts from a run's trained model (any model, testbed and tiny included), with
+    the sampler settings it was trained with."""
+    from bench.trained import sample as sample_images
+
+    files = sample_images(run_dir, list(prompt), n, out, seed=seed, device=device)
+    print(f"wrote {len(files) - 2} images and {out / 'grid.png'}")
+
+
+@app.command()
+def fetch(names: list[str] = typer.Argument(..., help="Models and rewards whose weights to download, and prompt "
+                                                       "sets (e.g. lcm-dreamshaper-v7 pickscore hpsv2 inception "
+                                                       "drawbench).")) -> None:
+    """Download weights and prompt sets into the Hugging Face cache: the only command that uses the network."""
     from bench.errors import unknown_name
     from bench.hub import MODEL_FETCH
     from bench.hub import fetch as fetch_repo
+    from bench.prompts_hub import HUB_PROMPT_SETS, fetch_prompt_set
     from rewards.weights import FETCH, URL_FETCH
     from rewards.weights import fetch as fetch_reward
 
-    known = [*MODEL_FETCH, *FETCH, *URL_FETCH]
+    known = list(dict.fromkeys([*MODEL_FETCH, *FETCH, *URL_FETCH, *HUB_PROMPT_SETS]))  # aesthetic: hub + URL
     for name in names:
         if name not in known:
             raise unknown_name("fetchable name", name, known)
     os.environ.pop("HF_HUB_OFFLINE", None)
     for name in names:
         paths = [fetch_repo(repo, patterns) for repo, patterns in MODEL_FETCH[name]] if name in MODEL_FETCH \
-            else fetch_reward([name])
+            else fetch_prompt_set(name) if name in HUB_PROMPT_SETS else fetch_reward([name])
         print(f"{name}: " + ", ".join(str(p) for p in paths))
+
+
+@app.command("serve-reward")
+def serve_reward(name: str = typer.Argument(..., help="A registered reward (`bench ls`), e.g. aesthetic."),
+                 port: int = typer.Option(8000, help="TCP port."),
+                 host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 exposes it to the network)."),
+                 device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+                 max_batch: int = typer.Option(256, help="Most images one request may hold.")) -> None:
+    """Serve a reward over HTTP for `--rewards http://HOST:PORT/NAME` (protocol: docs/reward-server.md)."""
+    from bench.reward_server import serve
+
+    serve(name, host, port, device, max_batch)
+
+
+@app.command("human-eval")
+def human_eval(suite_dir: Path = typer.Argument(..., help="A folder written by `bench run`."),
+               port: int = typer.Option(8765, help="TCP port of the rating page."),
+               host: str = typer.Option("127.0.0.1", help="Interface to bind; another than loopback needs --token."),
+               token: Optional[str] = typer.Option(None, help="Access token raters must give (?token=... in the "
+                                                              "page's address)."),
+               simulate: int = typer.Option(0, help="Cast this many simulated votes (the model's gold metric plus "
+                                                    "noise) through the HTTP API instead of serving."),
+               noise: float = typer.Option(0.0, help="σ of the simulated rater's noise on each gold difference."),
+               images_per_prompt: int = typer.Option(2, help="Images per test prompt and method (same noise)."),
+               device: str = typer.Option("auto", help="Device that draws the images: cpu, cuda, or auto.")) -> None:
+    """Blinded pairwise rating of a suite's final models in a local web page; votes in SUITE/human_eval/ and
+    `bench report` (docs/human-eval.md)."""
+    from bench.human_eval.command import human_eval as run_human_eval
+    from bench.human_eval.draw import DrawConfig
+
+    run_human_eval(suite_dir, host, port, token, simulate, noise,
+                   DrawConfig(samples_per_prompt=images_per_prompt, device=device))
 
 
 testbed_app = typer.Typer(help="The built-in offline testbed (coloured digits).", no_args_is_help=True)
@@ -223,12 +311,14 @@ app.add_typer(testbed_app, name="testbed")
 def testbed_build(out: Path = typer.Option(None, help="Weights folder (default: the package's shipped weights)."),
                   seed: int = typer.Option(0, help="Seed of every training stage."),
                   quick: bool = typer.Option(False, help="Tiny versions of every stage (checks the pipeline)."),
-                  threads: int = typer.Option(2, min=1, help="Torch threads (1 if the cores are shared).")) -> None:
+                  threads: int = typer.Option(2, min=1, help="Torch threads (1 if the cores are shared)."),
+                  reuse_teacher: bool = typer.Option(False, help="Keep the folder's diffusion teacher; rebuild the rest "
+                                                                 "(skips the 18-minute pre-training).")) -> None:
     """Rebuild every testbed weight from scratch (generator, distillation, classifier, proxy, FID features)."""
     from bench.testbed.build import main as build_main
 
     build_main([*(["--out", str(out)] if out else []), "--seed", str(seed), "--threads", str(threads),
-                *(["--quick"] if quick else [])])
+                *(["--quick"] if quick else []), *(["--reuse-teacher"] if reuse_teacher else [])])
 
 
 def main() -> None:
