@@ -5,7 +5,7 @@ Stages (each seeded from `seed`, so a build is deterministic for a seed on a giv
   2. gold templates (mean real stroke per digit);
   3. generator: diffusion pre-training of the teacher, then latent consistency distillation of the student;
   4. the generator's quality table (accuracy and FID at 1/2/4/8 LCM steps and for the teacher);
-  5. the preference proxy, on pairs of generator samples and perturbed real images labelled by the gold.
+  5. the preference proxy, on gold-labelled pairs drawn from the generator's neighbourhood (`preference.py`).
 Outputs in `out`: generator / teacher / classifier / features / gold / proxy `.safetensors` (configs in their
 metadata) and `metrics.json` (every measurement above, stage timings, versions). The full build took 24 minutes
 (1,417 s, pre-training 1,105 s of it) on this project's 2-core machine with 2 torch threads; `quick=True` runs
@@ -28,7 +28,8 @@ from bench.testbed.distill import DistillConfig, distill
 from bench.testbed.evaluators import EvaluatorConfig, train_classifier, train_features
 from bench.testbed.generator import GeneratorSpec, PretrainConfig, pretrain
 from bench.testbed.gold import GoldSpec, templates_from
-from bench.testbed.model import TEACHER_NAME, WEIGHTS_NAME, policy_from, save_generator
+from bench.errors import BenchError
+from bench.testbed.model import TEACHER_NAME, WEIGHTS_NAME, load_parts, policy_from, save_generator
 from bench.testbed.nets import ClassifierSpec, FeatureSpec, PreferenceSpec, WEIGHTS_DIR, save_module, save_weights
 from bench.testbed.preference import PreferenceConfig, train_proxy
 from bench.testbed.quality import QualityConfig, quality_table
@@ -51,12 +52,17 @@ class BuildConfig:
         return BuildConfig(pretrain=PretrainConfig(steps=8, batch=16, warmup=2),
                            distill=DistillConfig(steps=4, batch=8, warmup=1),
                            evaluators=EvaluatorConfig(classifier_steps=10, feature_steps=10, batch=32),
-                           preference=PreferenceConfig(train_pairs=64, test_pairs=32, epochs=1, batch=32),
+                           preference=PreferenceConfig(train_pairs=64, test_pairs=32, far_pairs=16, generators=2,
+                                                       finetuned=1, finetune_steps=2, finetune_saves=(2,),
+                                                       finetune_batch=4, epochs=1, batch=32),
                            quality=QualityConfig(samples=40, heldout_samples=20, steps=(1, 4), teacher_steps=2))
 
 
-def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, config: BuildConfig | None = None) -> dict:
-    """Train and save every testbed weight into `out_dir`; returns (and writes) the metrics dict."""
+def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, config: BuildConfig | None = None,
+              reuse_teacher: bool = False) -> dict:
+    """Train and save every testbed weight into `out_dir`; returns (and writes) the metrics dict.
+    reuse_teacher: load `out_dir`'s teacher instead of pre-training it again (stage 3's diffusion pre-training is
+    the slow part; everything after it is rebuilt); the metrics then keep the teacher build's timing."""
     cfg = config or (BuildConfig.quick() if quick else BuildConfig())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,9 +85,17 @@ def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, conf
     stage("evaluators", t0)
 
     t0 = time.time()
-    teacher, text = pretrain(cfg.generator, cfg.pretrain, seed, log)
-    save_generator(out_dir / f"{TEACHER_NAME}.safetensors", teacher, text, cfg.generator)
-    stage("pretrain", t0)
+    if reuse_teacher:
+        teacher, text, spec = load_parts(out_dir, TEACHER_NAME)
+        if spec != cfg.generator:
+            raise BenchError(f"--reuse-teacher: {out_dir}'s teacher was built with {spec}, not {cfg.generator}")
+        previous = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
+        timings["pretrain"] = previous.get("timings_s", {}).get("pretrain", float("nan"))
+        log(f"== pretrain: reusing {out_dir / TEACHER_NAME}.safetensors (built in {timings['pretrain']}s)")
+    else:
+        teacher, text = pretrain(cfg.generator, cfg.pretrain, seed, log)
+        save_generator(out_dir / f"{TEACHER_NAME}.safetensors", teacher, text, cfg.generator)
+        stage("pretrain", t0)
     t0 = time.time()
     student = distill(teacher, text, cfg.generator, cfg.distill, seed, log)
     save_generator(out_dir / f"{WEIGHTS_NAME}.safetensors", student, text, cfg.generator)
@@ -97,8 +111,8 @@ def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, conf
     save_module(out_dir / "proxy.safetensors", proxy, PreferenceSpec())
     stage("proxy", t0)
 
-    timings["total"] = round(time.time() - start, 1)
-    metrics = {"seed": seed, "quick": quick, "config": asdict(cfg), "timings_s": timings,
+    timings["total"] = round(time.time() - start + (timings["pretrain"] if reuse_teacher else 0.0), 1)
+    metrics = {"seed": seed, "quick": quick, "reused_teacher": reuse_teacher, "config": asdict(cfg), "timings_s": timings,
                "classifier_heldout_real_accuracy": classifier_acc, "generator_quality": quality,
                "proxy": proxy_summary,
                "generator_params": sum(p.numel() for p in student.parameters()),
@@ -116,13 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the shipped weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny versions of every stage (pipeline test)")
+    parser.add_argument("--reuse-teacher", action="store_true",
+                        help="keep --out's diffusion teacher and rebuild everything after pre-training")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch CPU threads (2 on a quiet 2-core machine; 1 where other jobs share the cores)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    build_all(args.out, args.seed, args.quick)
+    build_all(args.out, args.seed, args.quick, reuse_teacher=args.reuse_teacher)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ class DistillConfig:
     batch: int = 48  # images per step
     lr: float = 5e-4  # AdamW peak learning rate
     warmup: int = 20  # warm-up steps
-    w_min: float = 2.0  # CFG scale range sampled per image (standard convention: 1 = no guidance)
-    w_max: float = 10.0
+    w_min: float = 1.0  # CFG scale range sampled per image (standard convention: 1 = no guidance)
+    w_max: float = 3.0
     target_decay: float = 0.95  # EMA decay μ of the target network θ⁻
     skip: int = 20  # k: timesteps between solver endpoints (1000 / original_inference_steps)
     huber_c: float = 0.001  # pseudo-Huber constant (diffusers' default)

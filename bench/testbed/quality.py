@@ -2,15 +2,20 @@
 `bench.sampler.sample`, exactly as the benchmark samples) and of the teacher with 50 DDIM steps and CFG.
 
 Accuracy is judged by the attribute classifier (digit, ink, background, all three), FID in the feature
-network's 32-d space against the held-out real images. Prompts cycle through a split's prompt list so every
-prompt is equally represented; the same prompts and seed are used for every row.
+network's 32-d space against the held-out real images, diversity as the mean feature distance between two
+images of the same prompt (`diversity_of`, the `testbed-diversity` metric's formula). A "real" row gives the
+same numbers for real digits of the same prompts in their colours (training images for the train prompts,
+held-out images for the held-out ones), the yardstick of the diversity target. Prompts cycle through a split's
+prompt list so every prompt is equally represented; the same prompts and seed are used for every row.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from bench.models import Policy
@@ -18,8 +23,8 @@ from bench.sampler import SamplerConfig, sample
 from bench.testbed.evaluators import attribute_accuracy, frechet_distance
 from bench.testbed.generator import TextEncoder, teacher_sample
 from bench.testbed.nets import AttributeClassifier, FeatureNet
-from bench.testbed.world import attributes
-from bench.testbed.world_prompts import HELDOUT_PROMPTS, TRAIN_PROMPTS
+from bench.testbed.world import attributes, colourise, digit_masks
+from bench.testbed.world_prompts import HELDOUT_IMAGES, HELDOUT_PROMPTS, PRETRAIN_IMAGES, TRAIN_PROMPTS
 
 
 @dataclass
@@ -27,7 +32,7 @@ class QualityConfig:
     samples: int = 360  # images per row for the train prompts (4 per prompt)
     heldout_samples: int = 100  # images per row for the held-out (unseen-combination) prompts
     steps: tuple[int, ...] = (1, 2, 4, 8)  # LCM step counts
-    guidance_scale: float = 8.0  # LCM guidance scale w = the teacher's CFG scale (SamplerConfig's default)
+    guidance_scale: float = 2.0  # LCM guidance scale w = the teacher's CFG scale (the testbed's sampling default)
     teacher_steps: int = 50  # DDIM steps of the teacher
     batch: int = 256
 
@@ -36,12 +41,36 @@ def _cycle(prompts: list[str], n: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
+def diversity_of(feats: np.ndarray, prompts: list[str]) -> float:
+    """Mean feature distance between two images of the same prompt: feats (B, D), prompts (B,)."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    dists = [np.linalg.norm(feats[i] - feats[j]) for rows in by_prompt.values()
+             for i, j in itertools.combinations(rows, 2)]
+    return float(np.mean(dists)) if dists else float("nan")
+
+
 def score_images(images: torch.Tensor, prompts: list[str], classifier: AttributeClassifier, features: FeatureNet,
                  ref: dict[str, torch.Tensor]) -> dict[str, float]:
     with torch.no_grad():
         row = attribute_accuracy(classifier(images), attributes(prompts))
-        row["fid"] = frechet_distance(features.encode(images).numpy(), ref["ref_mu"].numpy(), ref["ref_cov"].numpy())
+        feats = features.encode(images).double().numpy()
+    row["fid"] = frechet_distance(feats, ref["ref_mu"].numpy(), ref["ref_cov"].numpy())
+    row["diversity"] = diversity_of(feats, prompts)
     return row
+
+
+def real_images(prompts: list[str], image_ids: range, seed: int) -> torch.Tensor:
+    """A real digit of each prompt's digit (drawn from `image_ids`) in its colours: (B, 3, 16, 16)."""
+    gen = torch.Generator().manual_seed(seed)
+    masks, labels = digit_masks()
+    ids = torch.tensor(list(image_ids))
+    masks, labels = masks[ids], labels[ids]
+    attr = attributes(prompts)
+    rows = [torch.nonzero(labels == d)[:, 0] for d in range(10)]
+    pick = torch.stack([rows[d][torch.randint(len(rows[d]), (1,), generator=gen)[0]] for d in attr.digit.tolist()])
+    return colourise(masks[pick], attr.ink, attr.bg, gen)
 
 
 def lcm_images(policy: Policy, prompts: list[str], steps: int, cfg: QualityConfig, seed: int) -> torch.Tensor:
@@ -56,11 +85,13 @@ def quality_table(policy: Policy, teacher: torch.nn.Module | None, text: TextEnc
                   classifier: AttributeClassifier, features: FeatureNet, ref: dict[str, torch.Tensor],
                   cfg: QualityConfig, seed: int, log=print) -> dict:
     """{"train": {"lcm-1": row, ..., "teacher-ddim-50": row}, "heldout": {...}, "config": ...};
-    a row holds the attribute accuracies and the FID."""
+    a row holds the attribute accuracies, the FID and the diversity; "real" rows score real digits."""
     table: dict = {"config": {**cfg.__dict__, "steps": list(cfg.steps)}}
-    for split, names, n in (("train", TRAIN_PROMPTS, cfg.samples), ("heldout", HELDOUT_PROMPTS, cfg.heldout_samples)):
+    splits = (("train", TRAIN_PROMPTS, cfg.samples, PRETRAIN_IMAGES),
+              ("heldout", HELDOUT_PROMPTS, cfg.heldout_samples, HELDOUT_IMAGES))
+    for split, names, n, image_ids in splits:
         prompts = _cycle(names, n)
-        rows = {}
+        rows = {"real": score_images(real_images(prompts, image_ids, seed), prompts, classifier, features, ref)}
         for steps in cfg.steps:
             t0 = time.time()
             rows[f"lcm-{steps}"] = score_images(lcm_images(policy, prompts, steps, cfg, seed), prompts, classifier,
