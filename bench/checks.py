@@ -36,6 +36,14 @@ def multiple_of(name: str, field: str, value: int, divisor_field: str, divisor: 
         raise BenchError(f"{name}: {field} ({value}) must be a multiple of {divisor_field} ({divisor})")
 
 
+def stat_counts(name: str, min_count: int, buffer: int) -> None:
+    """A per-prompt statistics tracker's 1 <= stat_min_count <= stat_buffer (DDPO, REBEL): a minimum count above
+    the buffer would never use per-prompt statistics."""
+    if not 1 <= min_count <= buffer:
+        raise BenchError(f"{name}: need 1 <= stat_min_count ({min_count}) <= stat_buffer ({buffer}); a "
+                         f"stat_min_count above stat_buffer would never use per-prompt statistics")
+
+
 def one_of(kind: str, value: str, choices) -> None:
     """value is one of `choices` (a divergence, a mode): otherwise "unknown KIND 'x'; did you mean 'y'?"."""
     if value not in choices:

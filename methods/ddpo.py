@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least, multiple_of, positive
+from bench.checks import at_least, multiple_of, positive, stat_counts
 from bench.distributed import Dist
 from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig
@@ -94,9 +94,7 @@ class DDPOConfig(TrainConfig):
         self.stat_buffer = self.stat_buffer or 2 * k
         self.stat_min_count = self.stat_min_count or k
         super().resolve(name)
-        if self.stat_min_count > self.stat_buffer:
-            raise BenchError(f"{name}: stat_min_count ({self.stat_min_count}) above stat_buffer ({self.stat_buffer}) "
-                             f"would never use per-prompt statistics")
+        stat_counts(name, self.stat_min_count, self.stat_buffer)
         multiple_of(name, "batch_size", self.batch_size, "train_batch_size", self.train_batch_size)
         at_least(f"{name}: inner_epochs", self.inner_epochs, 1)
         positive(f"{name}: clip_range", self.clip_range)

@@ -35,9 +35,8 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least, positive
+from bench.checks import at_least, positive, stat_counts
 from bench.distributed import Dist
-from bench.errors import BenchError
 from bench.method import Knob, Method, TrainConfig, check_pair_batch
 from bench.sampler import Trajectory, sample, step_log_prob
 from methods.losses import PerPromptStatTracker, rebel_loss
@@ -117,9 +116,7 @@ class REBELConfig(TrainConfig):
         check_pair_batch(name, self.batch_size, self.train_batch_size)
         positive(f"{name}: eta", self.eta)
         at_least(f"{name}: inner_epochs", self.inner_epochs, 1)
-        if self.stat_buffer < 1 or not 1 <= self.stat_min_count <= self.stat_buffer:
-            raise BenchError(f"{name}: need 1 <= stat_min_count ({self.stat_min_count}) <= stat_buffer "
-                             f"({self.stat_buffer})")
+        stat_counts(name, self.stat_min_count, self.stat_buffer)
 
 
 class REBEL(Method):
