@@ -20,15 +20,13 @@ Weights come from `bench/testbed/weights/` (`python -m bench.testbed.build` rebu
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.compute import ComputeMeter
 from bench.reward import Reward, SetMetric
-from bench.testbed.evaluators import frechet_distance
+from bench.testbed.evaluators import diversity_of, frechet_distance
 from bench.testbed.gold import GoldSpec, gold_score
 from bench.testbed.nets import (AttributeClassifier, ClassifierSpec, FeatureNet, FeatureSpec, PreferenceNet,
                                 PreferenceSpec, load_module, load_weights)
@@ -162,10 +160,4 @@ class TestbedDiversity(_FeatureSetMetric):
     name, version, higher_is_better = "testbed-diversity", "1", True
 
     def compute(self):
-        feats = self.features()
-        by_prompt: dict[str, list[int]] = {}
-        for i, p in enumerate(self._prompts):
-            by_prompt.setdefault(p, []).append(i)
-        dists = [np.linalg.norm(feats[i] - feats[j]) for rows in by_prompt.values()
-                 for i, j in itertools.combinations(rows, 2)]
-        return float(np.mean(dists)) if dists else float("nan")
+        return diversity_of(self.features(), self._prompts)

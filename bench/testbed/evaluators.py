@@ -11,6 +11,7 @@ The preference proxy has its own module (`preference.py`): it needs generator sa
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -128,3 +129,14 @@ def frechet_distance(feats: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray)
     cov_half = (vecs * np.sqrt(vals.clip(min=0))) @ vecs.T
     cross = linalg.eigvalsh(cov_half @ ref_cov @ cov_half).clip(min=0)
     return float(((mu - ref_mu) ** 2).sum() + np.trace(cov) + np.trace(ref_cov) - 2 * np.sqrt(cross).sum())
+
+
+def diversity_of(feats: np.ndarray, prompts: list[str]) -> float:
+    """Mean feature distance between two images of the same prompt: feats (B, D), prompts (B,); NaN if no prompt
+    has two images (the `testbed-diversity` metric and the quality table's diversity column)."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    dists = [np.linalg.norm(feats[i] - feats[j]) for rows in by_prompt.values()
+             for i, j in itertools.combinations(rows, 2)]
+    return float(np.mean(dists)) if dists else float("nan")

@@ -152,9 +152,7 @@ def far_pairs(base: Policy, n_pairs: int, cfg: PreferenceConfig, gen: torch.Gene
     a, _, prompts = neighbourhood_pairs(far, far[0], n_pairs, cfg, gen)
     attr = attributes(prompts)
     data = DigitSampler(PRETRAIN_IMAGES, ALL_COMBOS)
-    rows = torch.stack([data.by_digit[d][torch.randint(len(data.by_digit[d]), (1,), generator=gen)[0]]
-                        for d in attr.digit.tolist()])
-    return a, perturb(data.masks[rows], attr.ink, attr.bg, gen), prompts
+    return a, perturb(data.masks[data.rows_for(attr.digit.tolist(), gen)], attr.ink, attr.bg, gen), prompts
 
 
 def gradient_cosines(net: PreferenceNet, policy: Policy, gold, n: int, cfg: PreferenceConfig, seed: int) -> dict:

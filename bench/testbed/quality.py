@@ -3,7 +3,7 @@
 
 Accuracy is judged by the attribute classifier (digit, ink, background, all three), FID in the feature
 network's 32-d space against the held-out real images, diversity as the mean feature distance between two
-images of the same prompt (`diversity_of`, the `testbed-diversity` metric's formula). A "real" row gives the
+images of the same prompt (`evaluators.diversity_of`, the `testbed-diversity` metric's formula). A "real" row gives the
 same numbers for real digits of the same prompts in their colours (training images for the train prompts,
 held-out images for the held-out ones), the yardstick of the diversity target. Prompts cycle through a split's
 prompt list so every prompt is equally represented; the same prompts and seed are used for every row.
@@ -11,19 +11,17 @@ prompt list so every prompt is equally represented; the same prompts and seed ar
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from bench.models import Policy
 from bench.sampler import SamplerConfig, sample
-from bench.testbed.evaluators import attribute_accuracy, frechet_distance
+from bench.testbed.evaluators import attribute_accuracy, diversity_of, frechet_distance
 from bench.testbed.generator import TextEncoder, teacher_sample
 from bench.testbed.nets import AttributeClassifier, FeatureNet
-from bench.testbed.world import attributes, colourise, digit_masks
+from bench.testbed.world import DigitSampler, attributes
 from bench.testbed.world_prompts import HELDOUT_IMAGES, HELDOUT_PROMPTS, PRETRAIN_IMAGES, TRAIN_PROMPTS
 
 
@@ -41,16 +39,6 @@ def _cycle(prompts: list[str], n: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def diversity_of(feats: np.ndarray, prompts: list[str]) -> float:
-    """Mean feature distance between two images of the same prompt: feats (B, D), prompts (B,)."""
-    by_prompt: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_prompt.setdefault(p, []).append(i)
-    dists = [np.linalg.norm(feats[i] - feats[j]) for rows in by_prompt.values()
-             for i, j in itertools.combinations(rows, 2)]
-    return float(np.mean(dists)) if dists else float("nan")
-
-
 def score_images(images: torch.Tensor, prompts: list[str], classifier: AttributeClassifier, features: FeatureNet,
                  ref: dict[str, torch.Tensor]) -> dict[str, float]:
     with torch.no_grad():
@@ -63,14 +51,7 @@ def score_images(images: torch.Tensor, prompts: list[str], classifier: Attribute
 
 def real_images(prompts: list[str], image_ids: range, seed: int) -> torch.Tensor:
     """A real digit of each prompt's digit (drawn from `image_ids`) in its colours: (B, 3, 16, 16)."""
-    gen = torch.Generator().manual_seed(seed)
-    masks, labels = digit_masks()
-    ids = torch.tensor(list(image_ids))
-    masks, labels = masks[ids], labels[ids]
-    attr = attributes(prompts)
-    rows = [torch.nonzero(labels == d)[:, 0] for d in range(10)]
-    pick = torch.stack([rows[d][torch.randint(len(rows[d]), (1,), generator=gen)[0]] for d in attr.digit.tolist()])
-    return colourise(masks[pick], attr.ink, attr.bg, gen)
+    return DigitSampler(image_ids, []).for_prompts(prompts, torch.Generator().manual_seed(seed))
 
 
 def lcm_images(policy: Policy, prompts: list[str], steps: int, cfg: QualityConfig, seed: int) -> torch.Tensor:

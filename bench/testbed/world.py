@@ -81,12 +81,18 @@ class DigitSampler:
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         """n images (n, 3, 16, 16) in [0, 1] and their prompts, combinations drawn uniformly."""
         pick = torch.randint(len(self.combos), (n,), generator=generator).tolist()
-        combos = [self.combos[i] for i in pick]
-        rows = torch.stack([self.by_digit[d][torch.randint(len(self.by_digit[d]), (1,), generator=generator)[0]]
-                            for d, _, _ in combos])
-        prompts = [make_prompt(*c) for c in combos]
+        prompts = [make_prompt(*self.combos[i]) for i in pick]
+        return self.for_prompts(prompts, generator), prompts
+
+    def rows_for(self, digits: list[int], generator: torch.Generator) -> torch.Tensor:
+        """One random image row of each given digit: (B,) indices into `self.masks`."""
+        return torch.stack([self.by_digit[d][torch.randint(len(self.by_digit[d]), (1,), generator=generator)[0]]
+                            for d in digits])
+
+    def for_prompts(self, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        """A real digit of each prompt's digit in its colours: (B, 3, 16, 16) in [0, 1]."""
         attr = attributes(prompts)
-        return colourise(self.masks[rows], attr.ink, attr.bg, generator), prompts
+        return colourise(self.masks[self.rows_for(attr.digit.tolist(), generator)], attr.ink, attr.bg, generator)
 
     def all_colourings(self, pairs: list[tuple[str, str]],
                        generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
