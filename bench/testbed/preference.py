@@ -63,6 +63,11 @@ class PreferenceConfig:
     weight_decay: float = 1e-4
     spec: PreferenceSpec = field(default_factory=PreferenceSpec)
 
+    @property
+    def mid_guidance(self) -> float:
+        """The middle of the guidance range: the fine-tuning runs and the gradient measurements sample at it."""
+        return float(sum(self.guidance) / 2)
+
 
 def perturb(masks: torch.Tensor, ink: torch.Tensor, bg: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Stroke masks (B, 16, 16) -> coloured images (B, 3, 16, 16) with random flaws of random strength."""
@@ -103,7 +108,7 @@ def finetuned(policy: Policy, reward, sign: float, cfg: PreferenceConfig, gen: t
     kept = []
     for step in range(1, cfg.finetune_steps + 1):
         prompts = [TRAIN_PROMPTS[i] for i in torch.randint(len(TRAIN_PROMPTS), (cfg.finetune_batch,), generator=gen).tolist()]
-        sampler = SamplerConfig(steps=4, guidance_scale=float(sum(cfg.guidance) / 2))
+        sampler = SamplerConfig(steps=4, guidance_scale=cfg.mid_guidance)
         with tuned.meter.paused():
             images = sample(tuned, prompts, sampler, gen, grad=True).images
         loss = -sign * reward(images, prompts).mean()
@@ -160,7 +165,7 @@ def gradient_cosines(net: PreferenceNet, policy: Policy, gold, n: int, cfg: Pref
     reward in the LoRA parameters through the 4-step sampler (the update direction of a first-order method)."""
     prompts = [TRAIN_PROMPTS[i % len(TRAIN_PROMPTS)] for i in range(n)]
     onehot = attributes(prompts).one_hot()
-    images = _draw(policy, prompts, seed, 4, float(sum(cfg.guidance) / 2)).requires_grad_(True)
+    images = _draw(policy, prompts, seed, 4, cfg.mid_guidance).requires_grad_(True)
     g_proxy = torch.autograd.grad(net(images, onehot).sum(), images)[0].flatten(1)
     g_gold = torch.autograd.grad(gold(images, prompts).sum(), images)[0].flatten(1)
     pixel = F.cosine_similarity(g_proxy, g_gold, dim=1).mean().item()
@@ -170,7 +175,7 @@ def gradient_cosines(net: PreferenceNet, policy: Policy, gold, n: int, cfg: Pref
     flat = []
     for score in (lambda im: net(im, onehot), lambda im: gold(im, prompts)):
         with lora.meter.paused():
-            im = sample(lora, prompts, SamplerConfig(steps=4, guidance_scale=float(sum(cfg.guidance) / 2)),
+            im = sample(lora, prompts, SamplerConfig(steps=4, guidance_scale=cfg.mid_guidance),
                         torch.Generator().manual_seed(seed), grad=True).images
         flat.append(torch.cat([g.flatten() for g in torch.autograd.grad(score(im).mean(), params)]))
     return {"pixels": round(pixel, 4), "lora_params": round(F.cosine_similarity(*flat, dim=0).item(), 4)}
