@@ -210,3 +210,11 @@ def test_unreadable_or_missing_weights_are_bench_errors(tmp_path):
     (tmp_path / "generator.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(BenchError, match="unreadable"):
         load_weights("generator", tmp_path)
+
+
+def test_reuse_teacher_without_a_teacher_fails_before_writing(tmp_path):
+    from bench.testbed.build import build_all
+
+    with pytest.raises(BenchError, match="no teacher.safetensors"):
+        build_all(tmp_path / "w", quick=True, reuse_teacher=True, log=lambda *_: None)
+    assert not (tmp_path / "w").exists()

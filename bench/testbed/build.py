@@ -65,6 +65,13 @@ def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, conf
     the slow part; everything after it is rebuilt); the metrics then keep the teacher build's timing."""
     cfg = config or (BuildConfig.quick() if quick else BuildConfig())
     out_dir = Path(out_dir)
+    if reuse_teacher:  # before anything is trained or written: a missing or mismatched teacher fails at once
+        if not (out_dir / f"{TEACHER_NAME}.safetensors").is_file():
+            raise BenchError(f"--reuse-teacher: no {TEACHER_NAME}.safetensors in {out_dir}; build without "
+                             f"--reuse-teacher to pre-train one (nothing was written)")
+        teacher, text, spec = load_parts(out_dir, TEACHER_NAME)
+        if spec != cfg.generator:
+            raise BenchError(f"--reuse-teacher: {out_dir}'s teacher was built with {spec}, not {cfg.generator}")
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.time()
@@ -86,9 +93,6 @@ def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, conf
 
     t0 = time.time()
     if reuse_teacher:
-        teacher, text, spec = load_parts(out_dir, TEACHER_NAME)
-        if spec != cfg.generator:
-            raise BenchError(f"--reuse-teacher: {out_dir}'s teacher was built with {spec}, not {cfg.generator}")
         previous = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
         timings["pretrain"] = previous.get("timings_s", {}).get("pretrain", float("nan"))
         log(f"== pretrain: reusing {out_dir / TEACHER_NAME}.safetensors (built in {timings['pretrain']}s)")
