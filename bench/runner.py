@@ -82,33 +82,46 @@ def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show
     if dist.is_main:
         write_manifest(suite, out, argv or sys.argv)
     dist.barrier()
-    specs = [(m, r, s) for m in suite.methods for r in suite.rewards for s in suite.seeds]
+    specs = suite_specs(suite)
     dirs = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), disable=not (show_progress and dist.is_main), transient=False) as progress:
         overall = progress.add_task(f"suite ({len(specs)} runs)", total=len(specs))
         for method, reward, seed in specs:
-            run_dir = out / "runs" / results.run_id(method, reward, seed)
-            dirs.append(run_dir)
-            done = (run_dir / "summary.json").exists()
-            dist.barrier()  # every process has looked before process 0 moves anything
-            if done:
-                results.read_json(run_dir / "summary.json")  # a corrupt summary is an error, not a skip
-                progress.advance(overall)
-                continue
-            if dist.is_main and run_dir.exists():
-                k = 1
-                while run_dir.with_name(f"{run_dir.name}.interrupted-{k}").exists():
-                    k += 1
-                run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{k}"))
-            dist.barrier()
-            task = progress.add_task(results.run_id(method, reward, seed), total=1.0)
-            with RunLog(log_with if dist.is_main else (), run_dir) as log:  # closed even if the run fails
-                run_one(suite, method, reward, seed, run_dir,
-                        lambda frac, msg: progress.update(task, completed=min(frac, 1.0), description=msg),
-                        dist, dist_device, log)
+            dirs.append(run_spec(suite, out, method, reward, seed, progress, dist, dist_device, log_with))
             progress.advance(overall)
     return dirs
+
+
+def suite_specs(suite: SuiteConfig) -> list[tuple[str, str, int]]:
+    """Every (method, reward, seed) run of the suite, in the order the serial runner takes them."""
+    return [(m, r, s) for m in suite.methods for r in suite.rewards for s in suite.seeds]
+
+
+def run_spec(suite: SuiteConfig, out: Path, method: str, reward: str, seed: int, progress: Progress | None = None,
+             dist: Dist = Dist(), dist_device: torch.device | None = None, log_with: tuple[str, ...] = ()) -> Path:
+    """One run of a suite whose manifest is written: skipped when its summary.json exists, else (re)done into
+    out/runs/<id>. The unit every executor (bench/executors.py) hands out; one writer per run folder."""
+    run_dir = out / "runs" / results.run_id(method, reward, seed)
+    done = (run_dir / "summary.json").exists()
+    dist.barrier()  # every process has looked before process 0 moves anything
+    if done:
+        results.read_json(run_dir / "summary.json")  # a corrupt summary is an error, not a skip
+        return run_dir
+    if dist.is_main and run_dir.exists():
+        k = 1
+        while run_dir.with_name(f"{run_dir.name}.interrupted-{k}").exists():
+            k += 1
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{k}"))
+    dist.barrier()
+    if progress is not None:
+        task = progress.add_task(results.run_id(method, reward, seed), total=1.0)
+        on_progress = lambda frac, msg: progress.update(task, completed=min(frac, 1.0), description=msg)  # noqa: E731
+    else:
+        on_progress = lambda frac, msg: None  # noqa: E731
+    with RunLog(log_with if dist.is_main else (), run_dir) as log:  # closed even if the run fails
+        run_one(suite, method, reward, seed, run_dir, on_progress, dist, dist_device, log)
+    return run_dir
 
 
 def write_manifest(suite: SuiteConfig, out: Path, argv: list[str]) -> None:
