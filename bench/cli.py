@@ -203,6 +203,30 @@ def report(suite_dir: Path = typer.Argument(..., help="A folder written by `benc
 
 
 @app.command()
+def claims(suites: list[Path] = typer.Argument(..., help="Suite folders of runs trained on the proxy rewards."),
+           out: Path = typer.Option(..., help="Where to write claims.md and the plots."),
+           ceiling: list[Path] = typer.Option([], help="Suite folder(s) of the same methods trained on --gold."),
+           sweep: Optional[Path] = typer.Option(None, help="A `bench sweep` folder: C4 from its trials.csv."),
+           gold: str = typer.Option("testbed-gold", help="The held-out metric nobody trains on."),
+           gold_gain: float = typer.Option(0.01, help="C1 gold threshold: base x (1 + this)."),
+           proxy_gain: float = typer.Option(0.5, help="C1 proxy threshold: base x (1 + this)."),
+           split: str = typer.Option("test", help="Split of C1 and the frontier.")) -> None:
+    """The paper's claims C1 (compute to threshold), C4 (sensitivity over sweep trials) and C6 (train-test gap,
+    gold-versus-√KL frontier) from suite folders: tables in OUT/claims.md and one plot each (reads files only)."""
+    from bench.claims import ClaimsConfig, write_claims
+
+    for folder in [*suites, *ceiling, *([sweep] if sweep else [])]:
+        if not folder.is_dir():
+            raise BenchError(f"folder not found: {folder}")
+    if gold_gain < 0 or proxy_gain < 0:
+        raise BenchError("--gold-gain and --proxy-gain must be >= 0")
+    files = write_claims(suites, out, ClaimsConfig(gold=gold, gold_gain=gold_gain, proxy_gain=proxy_gain,
+                                                   split=split), ceiling=ceiling, sweep=sweep)
+    print(files[0].read_text())
+    print(f"wrote {len(files)} files to {out}")
+
+
+@app.command()
 def perf(
     model: str = typer.Option("tiny", help="Model to time (tiny-vae is TRL's benchmark configuration)."),
     methods: str = typer.Option("rocm-kl,ddpo,d3po", help="Methods to time."),

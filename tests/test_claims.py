@@ -1,0 +1,98 @@
+"""bench claims (bench/claims.py): known values for the pure pieces, then the command on published suite folders."""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench.claims import (ClaimsConfig, c1_table, first_crossing, frontier_peaks, gap_curves, sensitivity,
+                          threshold, write_claims)
+from bench.cli import app
+from bench.errors import BenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+FRONTIER = ROOT / "results" / "v2-frontier"
+
+
+def test_first_crossing_interpolates_and_censors():
+    assert first_crossing([0, 10, 20], [0.0, 1.0, 2.0], 1.5) == pytest.approx(15.0)
+    assert first_crossing([0, 10, 20], [0.0, 1.0, 2.0], 1.0) == pytest.approx(10.0)  # reached exactly at a point
+    assert first_crossing([0, 10, 20], [2.0, 1.0, 0.0], 1.0) == 0.0  # already there at the first point
+    assert math.isnan(first_crossing([0, 10], [0.0, 0.5], 1.0))  # never reached
+    assert first_crossing([0, 10, 20], [5.0, 3.0, 1.0], 2.0, higher=False) == pytest.approx(15.0)
+    # the first crossing counts, not a later one after a dip
+    assert first_crossing([0, 10, 20, 30], [0.0, 2.0, 0.0, 2.0], 1.0) == pytest.approx(5.0)
+
+
+def test_threshold_raises_negative_bases_too():
+    assert threshold(0.8, 0.5) == pytest.approx(1.2)
+    assert threshold(-2.0, 0.5) == pytest.approx(-1.0)
+
+
+def frame(curves: dict) -> pd.DataFrame:
+    """Evaluation rows: curves[(method, seed, split, metric)] = [(fraction, nfe, value), ...]."""
+    rows = []
+    for (method, seed, split, metric), points in curves.items():
+        for fraction, nfe, value in points:
+            rows.append({"run_id": f"{method}__r__seed{seed}", "method": method, "reward": "r", "seed": seed,
+                         "split": split, "metric": metric, "fraction": fraction, "nfe": nfe, "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_c1_mean_over_reaching_seeds_and_count():
+    ev = frame({("a", 0, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.2), (1, 200, 1.4)],
+                ("a", 1, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.0), (1, 200, 1.2)],
+                ("b", 0, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.01), (1, 200, 1.02)]})
+    t = c1_table(ev, "g", "test", gain=0.1, xcol="nfe").set_index("method")
+    assert t.loc["a", "threshold"] == pytest.approx(1.1)
+    # seed 0 crosses at 50, seed 1 at 150: mean 100 over 2 of 2
+    assert t.loc["a", "mean"] == pytest.approx(100.0) and t.loc["a", "reached"] == 2 and t.loc["a", "runs"] == 2
+    assert math.isnan(t.loc["b", "mean"]) and t.loc["b", "reached"] == 0
+
+
+def test_gap_is_train_minus_test_per_point():
+    ev = frame({("a", 0, "train", "g"): [(0, 0, 1.0), (1, 200, 2.0)],
+                ("a", 0, "test", "g"): [(0, 0, 1.0), (1, 200, 1.5)],
+                ("a", 1, "train", "g"): [(0, 0, 1.0), (1, 200, 3.0)],
+                ("a", 1, "test", "g"): [(0, 0, 1.0), (1, 200, 2.0)]})
+    g = gap_curves(ev, "g", "test", "nfe").set_index("fraction")
+    assert g.loc[0, "gap"] == pytest.approx(0.0)
+    assert g.loc[1, "gap"] == pytest.approx(0.75) and g.loc[1, "n"] == 2
+
+
+def test_frontier_peak_is_the_highest_mean_point():
+    ev = frame({("a", 0, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.3), (1, 200, 0.9)],
+                ("a", 0, "test", "kl-to-base"): [(0, 0, 0.0), (0.5, 100, 4.0), (1, 200, 9.0)]})
+    p = frontier_peaks(ev, "g", "test", "nfe").iloc[0]
+    assert p["peak_gain"] == pytest.approx(0.3) and p["peak_sqrt_kl"] == pytest.approx(2.0)
+    assert p["peak_x"] == 100 and p["end_gain"] == pytest.approx(-0.1) and p["end_sqrt_kl"] == pytest.approx(3.0)
+
+
+def test_sensitivity_spread_ignores_stopped_trials():
+    trials = pd.DataFrame({"method": ["a"] * 4, "reward": ["r"] * 4, "score": [0.7, 0.75, float("-inf"), 0.72]})
+    s = sensitivity(trials).iloc[0]
+    assert (s["trials"], s["finite"]) == (4, 3)
+    assert s["spread"] == pytest.approx(0.05) and s["median"] == pytest.approx(0.72)
+
+
+def test_claims_on_published_folders(tmp_path):
+    files = write_claims([FRONTIER / "proxy-beta-3"], tmp_path, ClaimsConfig(), ceiling=[FRONTIER / "gold-none"])
+    assert {f.name for f in files} == {"claims.md", "c1_compute.png", "c6_gap.png", "c6_frontier.png"}
+    text = (tmp_path / "claims.md").read_text()
+    assert "| rocm-kl | testbed-pref |" in text and "| rocm-none | testbed-gold |" in text
+    # the published frontier's peak (results/README.md): +0.0192 gold at kl 1.26 for beta 3
+    assert "0.01919" in text
+
+
+def test_claims_command_errors_in_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["claims", str(FRONTIER / "proxy-beta-3"), "--out", str(tmp_path), "--gold", "nope"])
+    # bench.cli.main turns a BenchError into one line and exit 2 (tests/test_cli.py); here it must be one
+    assert isinstance(r.exception, BenchError) and "was not evaluated" in str(r.exception)
+    r = CliRunner().invoke(app, ["claims", str(FRONTIER / "proxy-beta-3"), str(FRONTIER / "proxy-beta-1"),
+                                 "--out", str(tmp_path)])
+    assert isinstance(r.exception, BenchError) and "two of the folders" in str(r.exception)
+    r = CliRunner().invoke(app, ["claims", str(FRONTIER / "proxy-beta-3"), "--out", str(tmp_path),
+                                 "--sweep", str(tmp_path)])
+    assert isinstance(r.exception, BenchError) and "trials.csv" in str(r.exception)
