@@ -109,15 +109,18 @@ def run(
     if from_sweep is not None:
         from bench.sweep_results import run_from_sweep
 
-        given = [f"--{name}" for name, value in (("model", model), ("rewards", rewards), ("budget", budget))
-                 if value is not None]
-        if given:
-            raise BenchError(f"{', '.join(given)}: with --from-sweep these come from {from_sweep / 'sweep.json'}")
+        if model is not None:
+            raise BenchError(f"--model: with --from-sweep it comes from {from_sweep / 'sweep.json'}")
+        from bench.compute import Budget
         from bench.registry import resolve_names
 
         chosen = resolve_names("method", _split(methods)) if methods else None  # plugins' paths -> their names
+        if budget is not None:
+            Budget.parse(budget)  # a malformed budget fails here, in one line
+        # --budget: report the selection at another budget; --rewards: train it on another reward (ceiling rows)
         dirs = run_from_sweep(from_sweep, _seeds(seeds or "0"), out, chosen, set_,
-                              device or "auto", argv, show_progress=progress, log_with=trackers)
+                              device or "auto", argv, show_progress=progress, log_with=trackers, budget=budget,
+                              rewards=resolve_names("reward", _split(rewards)) if rewards else None)
         if os.environ.get("RANK", "0") == "0":
             folders = sorted({str(d.parent.parent) for d in dirs})
             print(f"{len(dirs)} runs in {', '.join(folders)}; next: bench report {folders[0]}")

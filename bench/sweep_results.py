@@ -4,10 +4,11 @@ prompts (see bench/sweep.py for the protocol)."""
 
 from __future__ import annotations
 
+
 import math
 import os
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,13 +169,32 @@ def load_selected(sweep_dir: Path) -> dict[str, dict[str, dict]]:
     return methods
 
 
+def tuned_on(s: SweepSettings, rewards: list[str] | None) -> dict[str, str]:
+    """{training reward: the sweep reward whose selection it runs}. By default every sweep reward runs its own
+    selection; `rewards` given: a sweep reward keeps its own, and with a one-reward sweep any other reward runs
+    that one selection (e.g. the ceiling rows: the proxy-tuned configuration trained on the gold itself)."""
+    if not rewards:
+        return {r: r for r in s.rewards}
+    out = {}
+    for r in rewards:
+        if r in s.rewards or len(s.rewards) == 1:
+            out[r] = r if r in s.rewards else s.rewards[0]
+        else:
+            raise BenchError(f"--rewards {r}: the sweep tuned {', '.join(s.rewards)}; with several tuned rewards a "
+                             f"reward it did not tune has no one selection to run")
+    return out
+
+
 def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, sets: list[str],
-                 device: str) -> dict[str, Any]:
+                 device: str, budget: str | None = None, rewards: list[str] | None = None) -> dict[str, Any]:
     """One suite per training reward: the sweep's model, budget and `--set`s with every method's selected
-    values, on `seeds` and the default (train, test) evaluation. Only eval.* may be changed (`sets`)."""
+    values, on `seeds` and the default (train, test) evaluation. Only eval.* may be changed (`sets`); `budget`
+    replaces the tuning budget (reporting at several budgets), `rewards` the training rewards (tuned_on)."""
     from bench.registry import find
 
     s = load_settings(sweep_dir)
+    if budget is not None:
+        s = replace(s, budget=budget)
     selected = load_selected(sweep_dir)
     if overlap := sorted(set(seeds) & set(s.sweep_seeds)):
         raise BenchError(f"--seeds {','.join(map(str, overlap))}: the sweep selected on these (sweep seeds "
@@ -190,28 +210,29 @@ def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, s
                              f"has {', '.join(selected) or 'none'}); tune it first: bench sweep --methods {m} "
                              f"--out {sweep_dir}")
     suites = {}
-    for r in s.rewards:
+    for r, tuned in tuned_on(s, rewards).items():
         suite = base_suite(s, methods, r, seeds, sets)
         suite.device = device
         for m in methods:
-            if r not in selected[m]:
-                raise BenchError(f"{sweep_dir / 'selected.json'} has no selection of {m} trained on {r}")
-            for name, value in selected[m][r]["values"].items():
+            if tuned not in selected[m]:
+                raise BenchError(f"{sweep_dir / 'selected.json'} has no selection of {m} trained on {tuned}")
+            for name, value in selected[m][tuned]["values"].items():
                 suite.method_sets.setdefault(m, {})[name] = value_text(value)
         suites[r] = suite
     return suites
 
 
 def run_from_sweep(sweep_dir: Path, seeds: list[int], out: Path | None, methods: list[str] | None, sets: list[str],
-                   device: str, argv: list[str], show_progress: bool = True,
-                   log_with: tuple[str, ...] = ()) -> list[Path]:
+                   device: str, argv: list[str], show_progress: bool = True, log_with: tuple[str, ...] = (),
+                   budget: str | None = None, rewards: list[str] | None = None) -> list[Path]:
     """Run the selected configurations; one suite folder (or OUT/<reward> for several rewards) recording the
     sweep in from_sweep.json and, in its manifest, the selected values as method `--set`s."""
     from bench.config import to_dict, validate
     from bench.runner import run_suite
 
     sweep_dir = Path(sweep_dir)
-    suites = final_suites(sweep_dir, seeds, methods, sets, device)
+    suites = final_suites(sweep_dir, seeds, methods, sets, device, budget, rewards)
+    tuned = tuned_on(load_settings(sweep_dir), rewards)
     out = Path(out) if out is not None else sweep_dir / "final"
     dirs = []
     for r, suite in suites.items():
@@ -219,7 +240,8 @@ def run_from_sweep(sweep_dir: Path, seeds: list[int], out: Path | None, methods:
         validate(suite)
         if os.environ.get("RANK", "0") == "0":
             write_json_atomic(folder / "from_sweep.json", {
-                "sweep": str(sweep_dir.resolve()), "reward": r, "method_sets": to_dict(suite.method_sets),
-                "selected": {m: load_selected(sweep_dir)[m][r] for m in suite.methods}})
+                "sweep": str(sweep_dir.resolve()), "reward": r, "tuned_on": tuned[r], "budget": suite.budget.text,
+                "tuning_budget": load_settings(sweep_dir).budget, "method_sets": to_dict(suite.method_sets),
+                "selected": {m: load_selected(sweep_dir)[m][tuned[r]] for m in suite.methods}})
         dirs += run_suite(suite, folder, argv=argv, show_progress=show_progress, log_with=log_with)
     return dirs

@@ -202,6 +202,21 @@ def test_from_sweep_runs_the_selected_configuration_on_test_prompts(swept, tmp_p
     assert "--from-sweep" in json.loads((final / "manifest.json").read_text())["commands"][-1]["argv"]
 
 
+def test_from_sweep_at_another_budget_and_on_another_reward(swept, tmp_path):
+    """The reference results report a selection at two budgets, and trained on the gold itself (ceiling rows)."""
+    out, _, _ = swept
+    final = tmp_path / "ceiling"
+    bench("run", "--from-sweep", str(out), "--seeds", "0", "--methods", "rocm-kl", "--budget", "300nfe",
+          "--rewards", "colorfulness", "--out", str(final), "--no-progress")
+    selected = json.loads((out / "selected.json").read_text())["methods"]["rocm-kl"]["brightness"]
+    cfg = json.loads((final / "runs" / "rocm-kl__colorfulness__seed0" / "config.json").read_text())
+    assert cfg["budget"]["text"] == "300nfe" and cfg["reward"] == "colorfulness"
+    assert all(cfg["method_config"][k] == v for k, v in selected["values"].items())
+    record = json.loads((final / "from_sweep.json").read_text())
+    assert (record["reward"], record["tuned_on"], record["budget"]) == ("colorfulness", "brightness", "300nfe")
+    assert record["tuning_budget"] == "200nfe" and record["selected"]["rocm-kl"] == selected
+
+
 def cli_error(capsys, monkeypatch, *args) -> str:
     """Run the CLI in this process (no interpreter start-up); it must exit 2 with one line `error: ...`."""
     from bench.cli import main
@@ -227,7 +242,9 @@ def test_bad_sweep_input_is_one_line_and_exit_2(swept, tmp_path, capsys, monkeyp
         (["run", "--from-sweep", str(out), "--seeds", "0,101"], "--seeds 101"),
         (["run", "--from-sweep", str(out), "--methods", "d3po"], "no selected configuration"),
         (["run", "--from-sweep", str(out), "--methods", "ddpoo"], "did you mean 'ddpo'"),
-        (["run", "--from-sweep", str(out), "--budget", "10nfe"], "come from"),
+        (["run", "--from-sweep", str(out), "--model", "tiny"], "comes from"),
+        (["run", "--from-sweep", str(out), "--budget", "10parsecs"], "budget"),
+        (["run", "--from-sweep", str(out), "--rewards", "brightnes"], "did you mean 'brightness'"),
         (["run", "--from-sweep", str(out), "--set", "sampler.steps=2"], "only eval.*"),
         (["run", "--from-sweep", str(tmp_path)], "not a sweep folder"),
     ]:
