@@ -26,13 +26,15 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.report_table import mean_ci
+from bench.report_table import mean_ci, pm
 
 
 @dataclass
 class ClaimsConfig:
     """What `bench claims` measures; every threshold is declared here, before looking at the data."""
 
+    budgets: tuple[float, ...] = ()
+    """Compute points (in the suites' compute unit) at which to tabulate every metric, e.g. (15000, 45000)."""
     gold: str = "testbed-gold"
     """The held-out metric standing in for human preference (never a training reward of the suite)."""
     gold_gain: float = 0.01
@@ -142,6 +144,23 @@ def frontier_peaks(ev: pd.DataFrame, gold: str, split: str, xcol: str) -> pd.Dat
                      "peak_sqrt_kl": math.sqrt(max(top["kl-to-base"], 0.0)), "peak_x": top[xcol],
                      "end_gain": last[gold] - base, "end_sqrt_kl": math.sqrt(max(last["kl-to-base"], 0.0))})
     return pd.DataFrame(rows)
+
+
+def at_compute(ev: pd.DataFrame, metrics: list[str], split: str, xcol: str, target: float,
+               tolerance: float = 0.05) -> pd.DataFrame:
+    """Per (method, reward): mean and 95% CI over seeds of each metric at the evaluation point nearest `target`
+    compute (a run without a point within `tolerance` × target of it is left out: n says how many count)."""
+    rows = ev[(ev["split"] == split) & ev["metric"].isin(metrics)]
+    out = []
+    for (method, reward), g in rows.groupby(["method", "reward"], sort=False):
+        row = {"method": method, "reward": reward}
+        near = g.assign(dist=(g[xcol] - target).abs()).sort_values("dist").groupby(["seed", "metric"]).head(1)
+        near = near[near["dist"] <= tolerance * target]
+        for m in metrics:
+            mean, ci, n = mean_ci(near[near["metric"] == m]["value"])
+            row |= {m: mean, f"{m} ci": ci, "n": max(row.get("n", 0), n)}
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 def sensitivity(trials: pd.DataFrame) -> pd.DataFrame:
@@ -308,6 +327,13 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
     for t in c1:
         text += [f"## C1: compute to first reach {t['metric'].iloc[0]} >= {t['threshold'].iloc[0]:.4g}\n",
                  markdown(t, cols), ""]
+    metrics = [m for m in dict.fromkeys([cfg.gold, *proxies, *sorted(set(ev["metric"]))]) if m in set(ev["metric"])]
+    for target in cfg.budgets:
+        t = at_compute(ev, metrics, cfg.split, xcol, target)
+        t = t.assign(**{m: [pm(v, c) for v, c in zip(t[m], t[f"{m} ci"])] for m in metrics})
+        text += [f"## Every metric at {target:g} {xcol} (mean ± 95% CI over seeds, {cfg.split} prompts)\n",
+                 markdown(t, {"method": "method", "reward": "trained on", **{m: m for m in metrics}, "n": "seeds"}),
+                 ""]
     text += ["## C6: gold-versus-√KL peaks\n", markdown(peaks, {
         "method": "method", "reward": "trained on", "peak_gain": f"peak {cfg.gold} gain", "peak_sqrt_kl": "√KL at peak",
         "peak_x": f"{xcol} at peak", "end_gain": "end gain", "end_sqrt_kl": "√KL at end"}), ""]

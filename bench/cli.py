@@ -213,7 +213,9 @@ def claims(suites: list[Path] = typer.Argument(..., help="Suite folders of runs 
            gold: str = typer.Option("testbed-gold", help="The held-out metric nobody trains on."),
            gold_gain: float = typer.Option(0.01, help="C1 gold threshold: base x (1 + this)."),
            proxy_gain: float = typer.Option(0.5, help="C1 proxy threshold: base x (1 + this)."),
-           split: str = typer.Option("test", help="Split of C1 and the frontier.")) -> None:
+           split: str = typer.Option("test", help="Split of C1 and the frontier."),
+           at: str = typer.Option("", help="Comma-separated compute points (the suites' unit, e.g. 15000,45000) "
+                                           "at which to tabulate every metric.")) -> None:
     """The paper's claims C1 (compute to threshold), C4 (sensitivity over sweep trials) and C6 (train-test gap,
     gold-versus-√KL frontier) from suite folders: tables in OUT/claims.md and one plot each (reads files only)."""
     from bench.claims import ClaimsConfig, write_claims
@@ -223,8 +225,12 @@ def claims(suites: list[Path] = typer.Argument(..., help="Suite folders of runs 
             raise BenchError(f"folder not found: {folder}")
     if gold_gain < 0 or proxy_gain < 0:
         raise BenchError("--gold-gain and --proxy-gain must be >= 0")
+    try:
+        budgets = tuple(float(x) for x in _split(at))
+    except ValueError:
+        raise BenchError(f"--at {at}: give numbers, e.g. --at 15000,45000") from None
     files = write_claims(suites, out, ClaimsConfig(gold=gold, gold_gain=gold_gain, proxy_gain=proxy_gain,
-                                                   split=split), ceiling=ceiling, sweep=sweep)
+                                                   split=split, budgets=budgets), ceiling=ceiling, sweep=sweep)
     print(files[0].read_text())
     print(f"wrote {len(files)} files to {out}")
 

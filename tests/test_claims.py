@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench.claims import (ClaimsConfig, c1_table, first_crossing, frontier_peaks, gap_curves, sensitivity,
+from bench.claims import (ClaimsConfig, at_compute, c1_table, first_crossing, frontier_peaks, gap_curves, sensitivity,
                           threshold, write_claims)
 from bench.cli import app
 from bench.errors import BenchError
@@ -77,13 +77,23 @@ def test_sensitivity_spread_ignores_stopped_trials():
     assert s["spread"] == pytest.approx(0.05) and s["median"] == pytest.approx(0.72)
 
 
+def test_at_compute_takes_the_nearest_point_within_tolerance():
+    ev = frame({("a", 0, "test", "g"): [(0, 0, 1.0), (0.5, 98, 1.2), (1, 200, 1.4)],
+                ("a", 1, "test", "g"): [(0, 0, 1.0), (0.5, 102, 1.4), (1, 200, 1.6)],
+                ("a", 2, "test", "g"): [(0, 0, 1.0), (1, 200, 1.6)]})  # no point near 100: left out
+    t = at_compute(ev, ["g"], "test", "nfe", 100).iloc[0]
+    assert t["g"] == pytest.approx(1.3) and t["n"] == 2
+
+
 def test_claims_on_published_folders(tmp_path):
-    files = write_claims([FRONTIER / "proxy-beta-3"], tmp_path, ClaimsConfig(), ceiling=[FRONTIER / "gold-none"])
+    files = write_claims([FRONTIER / "proxy-beta-3"], tmp_path, ClaimsConfig(budgets=(7500,)),
+                         ceiling=[FRONTIER / "gold-none"])
     assert {f.name for f in files} == {"claims.md", "c1_compute.png", "c6_gap.png", "c6_frontier.png"}
     text = (tmp_path / "claims.md").read_text()
     assert "| rocm-kl | testbed-pref |" in text and "| rocm-none | testbed-gold |" in text
     # the published frontier's peak (results/README.md): +0.0192 gold at kl 1.26 for beta 3
     assert "0.01919" in text
+    assert "## Every metric at 7500 nfe" in text
 
 
 def test_claims_command_errors_in_one_line(tmp_path):
