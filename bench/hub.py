@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.compute import ComputeMeter
 from bench.errors import BenchError
-from bench.models import ModelConfig, Policy
+from bench.models import ModelConfig, Policy, sd_policy
 
 DREAMSHAPER = "SimianLuo/LCM_Dreamshaper_v7"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -75,7 +75,7 @@ def fetch(repo_id: str, patterns: list[str] | None) -> Path:
     return Path(snapshot_download(repo_id, cache_dir=cache_dir(), allow_patterns=patterns))
 
 
-def _components(folder: Path, config: ModelConfig):
+def _components(folder: Path):
     from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
@@ -84,17 +84,14 @@ def _components(folder: Path, config: ModelConfig):
     vae = AutoencoderKL.from_pretrained(folder / "vae").eval()
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     scheduler = LCMScheduler.from_pretrained(folder / "scheduler")
-    if config.unet_checkpointing:
-        unet.enable_gradient_checkpointing()
     return unet, text_encoder, tokenizer, scheduler, vae
 
 
 def lcm_dreamshaper_v7(config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
     """LCM-Dreamshaper-v7 (SimianLuo/LCM_Dreamshaper_v7), 512 px; weights from the HF cache (bench fetch)."""
     folder = local_snapshot(DREAMSHAPER, "lcm-dreamshaper-v7")
-    unet, text_encoder, tokenizer, scheduler, vae = _components(folder, config)
-    return Policy(unet, text_encoder, tokenizer, scheduler, vae, config=config, meter=meter,
-                  image_size=config.resolution or None)
+    unet, text_encoder, tokenizer, scheduler, vae = _components(folder)
+    return sd_policy(unet, text_encoder, tokenizer, scheduler, vae, config, meter)
 
 
 def lcm_lora_sd15(config: ModelConfig, meter: ComputeMeter | None = None) -> Policy:
@@ -109,8 +106,5 @@ def lcm_lora_sd15(config: ModelConfig, meter: ComputeMeter | None = None) -> Pol
     pipe.load_lora_weights(lora, weight_name="pytorch_lora_weights.safetensors", adapter_name="lcm")
     pipe.fuse_lora()
     pipe.unload_lora_weights()
-    if config.unet_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
     scheduler = LCMScheduler.from_config(pipe.scheduler.config)
-    return Policy(pipe.unet, pipe.text_encoder.eval(), pipe.tokenizer, scheduler, pipe.vae.eval(), config=config,
-                  meter=meter, image_size=config.resolution or None)
+    return sd_policy(pipe.unet, pipe.text_encoder, pipe.tokenizer, scheduler, pipe.vae, config, meter)

@@ -212,6 +212,16 @@ class Policy(nn.Module):
                 params[n].copy_(v)
 
 
+def sd_policy(unet, text_encoder, tokenizer, scheduler, vae, config: ModelConfig,
+              meter: ComputeMeter | None = None) -> Policy:
+    """A Stable Diffusion-family LCM (hub weights, or bench/models_sd15.py's random ones) as the Policy: UNet-
+    internal gradient checkpointing if `config.unet_checkpointing`, the native size unless `config.resolution`."""
+    if config.unet_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return Policy(unet, text_encoder.eval(), tokenizer, scheduler, vae.eval(), config=config, meter=meter,
+                  image_size=config.resolution or None)
+
+
 # ---- tiny models, built from config ------------------------------------------------------------------------
 @dataclass
 class TinySpec:

@@ -3,19 +3,23 @@
 Per method, one warm-up step runs with hooks recording every model call: each UNet forward (input shapes, grad
 mode, policy or frozen reference, whether its input needed a gradient, whether a backward reached its output,
 whether it was a checkpoint recompute inside backward), each VAE decode and each reward call. Then `repeats`
-timed steps alternate with timed replays of that list in the same process, threads, dtype and LoRA-wrapped UNet:
+timed steps are interleaved with timed replays of that list in the same process, threads, dtype and LoRA-wrapped
+UNet, in pairs whose order alternates (step then replay, replay then step, …):
 
   bare compute = the recorded UNet forwards at the same shapes and grad modes (reference calls with adapters
                  disabled), each followed by `out.sum().backward()` where the step back-propagated through it,
                + the VAE decode and reward calls, forward and backward likewise; no checkpointing at all.
 
 Not in it, so counted as overhead: checkpoint recomputes, the text encoder (embeddings are cached), the
-consistency and log-prob arithmetic, adapter switching, losses, clipping, the optimizer. ratio = median step
-time / median bare time (`ratio_unet`: over the UNet work alone). Every timed step must do the recorded step's
+consistency and log-prob arithmetic, adapter switching, losses, clipping, the optimizer. ratio = the median over
+pairs of step time / bare time of the same pair (`ratio_unet`: over the UNet work alone; `ratio_cpu`: of process
+CPU time, which a core shared with other jobs inflates less than wall time): adjacent timings, so that a machine
+speeding up or slowing down during the measurement moves both. Every timed step must do the recorded step's
 work by the meter's counts (`same_work_every_step`).
 
-Peak memory: one fresh process per configuration (forked from a server that has only imported modules), so peaks
-cannot contaminate each other: build, one warm-up step, one measured step. `step_peak_mib` = the step's peak
+Peak memory (bench/perf_memory.py): one fresh process per configuration (forked from a server that has only
+imported modules), so peaks cannot contaminate each other: build, one warm-up step, one measured step (its suite
+keeps only the `method.FIELD` settings that method has, bench.perf_memory `own_sets`). `step_peak_mib` = the step's peak
 above its own start (activations and temporaries, what grows with sampling steps; the memory ratio uses it);
 `peak_mib` = the process's absolute peak. CUDA: torch.cuda.max_memory_allocated. CPU: the resident-set high-water
 mark (VmHWM, reset before the step, less library pages faulted in meanwhile), with glibc's mmap threshold pinned
@@ -25,16 +29,10 @@ at each of `memory_steps` sampling steps, with and without checkpointing. Target
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import json
-import multiprocessing
 import os
 import platform
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,19 +175,20 @@ def no_unet_checkpointing(policy):
             m.enable_gradient_checkpointing()
 
 
-def timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of fn(), device work included (synchronised before and after)."""
     sync_device()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     sync_device()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
     algo, policy, reward = build(suite, name)
     meter, keys = policy.meter, ("nfe_forward", "nfe_backward", "images", "reward_calls")
 
-    def step() -> tuple[float, dict]:
+    def step() -> tuple[tuple[float, float], dict]:
         before = meter.counters()
         secs = timed(algo.step)
         return secs, {k: meter.counters()[k] - before[k] for k in keys}
@@ -198,110 +197,45 @@ def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
         _, counts = step()
     unet = [c for c in calls if c.kind == "unet"]
     replays = [make_replay(policy, reward, unet), make_replay(policy, reward, [c for c in calls if c.kind != "unet"])]
-    with no_unet_checkpointing(policy):
-        for r in replays:
-            r()  # warm-up
-    steps, bare_unet, bare_rest, same = [], [], [], True
-    for _ in range(max(1, repeats)):  # interleaved, so background load hits both alike
-        secs, c = step()
-        steps.append(secs)
-        same = same and c == counts
+
+    def bare() -> list[tuple[float, float]]:
         with no_unet_checkpointing(policy):
-            bare_unet.append(timed(replays[0]))
-            bare_rest.append(timed(replays[1]))
-    bare = [u + r for u, r in zip(bare_unet, bare_rest)]
-    step_s, bare_s, unet_s = (statistics.median(v) for v in (steps, bare, bare_unet))
+            return [timed(r) for r in replays]  # [UNet work, decode + reward work], each (wall s, CPU s)
+
+    bare()  # warm-up
+    pairs, same = [], True  # (step, UNet replay, decode + reward replay), each (wall s, CPU s)
+    for i in range(max(1, repeats)):
+        # Pairs alternate their order (step, bare; bare, step; …: A B B A A B …) and each pair gives one ratio of
+        # adjacent timings, so a machine that speeds up or slows down during the measurement biases consecutive
+        # pairs in opposite directions instead of all of them one way.
+        if i % 2:
+            b, (s, c) = bare(), step()
+        else:
+            (s, c), b = step(), bare()
+        pairs.append((s, *b))
+        same = same and c == counts
+    (step_w, step_c), (unet_w, unet_c), (rest_w, rest_c) = (list(zip(*col)) for col in zip(*pairs))
+    bare_w, bare_c = [u + r for u, r in zip(unet_w, rest_w)], [u + r for u, r in zip(unet_c, rest_c)]
+    ratios = lambda a, b: statistics.median(x / y for x, y in zip(a, b))  # noqa: E731
+    step_s, bare_s, unet_s = (statistics.median(v) for v in (step_w, bare_w, unet_w))
+    ratio = ratios(step_w, bare_w)
     target = TARGETS.get(family(METHODS[name][0]))
     n = lambda cs: sum(c.shapes[0][0] for c in cs)  # noqa: E731  (samples: what the meter counts)
     fwd = [c for c in unet if not c.recompute]
     return {"step_s": step_s, "bare_s": bare_s, "bare_unet_s": unet_s,
-            "bare_decode_reward_s": statistics.median(bare_rest),
-            "ratio": step_s / bare_s, "ratio_unet": step_s / unet_s, "target": target,
-            "met": None if target is None else step_s / bare_s <= target, "samples_per_s": counts["images"] / step_s,
-            "step_times_s": steps, "bare_times_s": bare, "meter_per_step": counts, "same_work_every_step": same,
+            "bare_decode_reward_s": statistics.median(rest_w), "ratio": ratio,
+            "ratio_unet": ratios(step_w, unet_w), "target": target,
+            "ratio_cpu": None if policy.device.type == "cuda" else ratios(step_c, bare_c),  # CUDA: the host waits
+            "met": None if target is None else ratio <= target,
+            "samples_per_s": counts["images"] / step_s, "step_times_s": list(step_w), "bare_times_s": bare_w,
+            "pair_ratios": [s / b for s, b in zip(step_w, bare_w)], "step_cpu_s": list(step_c), "bare_cpu_s": bare_c,
+            "meter_per_step": counts, "same_work_every_step": same,
             "meter_agrees": counts["nfe_forward"] == n(unet)
             and counts["nfe_backward"] == n(c for c in fwd if c.backward),
             "calls": {"unet_forward": len(fwd), "unet_recompute": len(unet) - len(fwd),
                       "unet_backward": sum(c.backward for c in fwd), "reference_forward": sum(c.reference for c in fwd),
                       "decode": sum(c.kind == "decode" for c in calls),
                       "reward": sum(c.kind == "reward" for c in calls)}}
-
-
-# ---- peak memory: one fresh process per configuration -----------------------------------------------------
-# What the forkserver imports once, so that each child starts clean but fast (a missing one the child imports).
-PRELOAD = ["bench.perf", "bench.runner", "methods.rocm", "methods.draft", "methods.refl", "methods.ddpo",
-           "methods.d3po", "methods.grpo", "methods.dpok", "methods.rebel", "rewards.toy",
-           "diffusers.models.unets.unet_2d_condition", "diffusers.models.autoencoders.autoencoder_kl",
-           "diffusers.schedulers.scheduling_lcm", "transformers.models.clip.modeling_clip", "peft"]
-
-
-def _status() -> dict[str, float]:
-    """/proc/self/status sizes in MiB."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if rest.strip().endswith("kB"):
-            out[key] = float(rest.split()[0]) / 1024
-    return out
-
-
-def memory_child(job: tuple[str, str, list[str], str]) -> dict[str, float]:
-    """In a fresh process: build, one warm-up step, one measured step -> {"step_peak_mib", "peak_mib"}."""
-    model, method, sets, device = job
-    try:  # glibc: mmap every allocation >= 64 KiB, so freed tensors leave the resident set
-        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-    algo, policy, _ = build(make_suite(model, [method], sets, device), method)
-    algo.step()  # optimizer state, caches, lazy initialisation
-    gc.collect()
-    if policy.device.type == "cuda":
-        sync_device()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-        algo.step()
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        return {"step_peak_mib": peak - base, "peak_mib": peak}
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:  # not Linux: no resident-set high-water mark to read
-        return {"step_peak_mib": float("nan"), "peak_mib": float("nan")}
-    before = _status()
-    algo.step()
-    after = _status()
-    files = max(0.0, after.get("RssFile", 0.0) - before.get("RssFile", 0.0))  # code pages, not training memory
-    return {"step_peak_mib": after["VmHWM"] - before["VmRSS"] - files, "peak_mib": after["VmHWM"]}
-
-
-def measure_memory(model: str, methods: list[str], sets: list[str], device: str, steps: list[int],
-                   rocm: str) -> tuple[list[dict], list[dict]]:
-    """(peak of each method's step, ROCM's sweep rows). Identical resolved configurations are measured once;
-    on a CPU the children run in parallel (peaks are per process)."""
-    sweep = [{"steps": n, "checkpointing": ck} for n in steps for ck in (True, False)]
-    jobs = [(model, m, sets, device) for m in methods] + [
-        (model, rocm, [*sets, f"sampler.steps={r['steps']}", f"sampler.checkpointing={r['checkpointing']}"], device)
-        for r in sweep]
-    keys = []
-    for _, m, s, _ in jobs:
-        suite = make_suite(model, [m], s, device)
-        keys.append(json.dumps([m, to_dict(method_config(m, suite)[1]), to_dict(suite.sampler), to_dict(suite.model)]))
-    unique = list(dict.fromkeys(keys))
-    forkserver = "forkserver" in multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if forkserver else "spawn")
-    if forkserver:
-        ctx.set_forkserver_preload(PRELOAD)
-
-    def one(job: tuple) -> dict:  # a one-process pool per job: a fresh process, and a dead one is reported
-        try:
-            with ProcessPoolExecutor(1, mp_context=ctx) as ex:
-                return ex.submit(memory_child, job).result()
-        except BrokenProcessPool:
-            raise BenchError(f"the peak-memory process of {job[1]} {job[2]} died (out of memory?)") from None
-
-    workers = 1 if device.startswith("cuda") else min(len(unique), os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        found = dict(zip(unique, pool.map(one, [jobs[keys.index(k)] for k in unique])))
-    return [found[k] for k in keys[: len(methods)]], [{**r, **found[k]} for r, k in zip(sweep, keys[len(methods):])]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -317,6 +251,7 @@ def run_perf(model: str, methods: list[str], repeats: int, sets: list[str], out:
     from rich.console import Console
     from rich.table import Table
 
+    from bench.perf_memory import measure_memory, memory_plan
     from bench.results import write_json_atomic
     from bench.runner import resolve_device
 
@@ -327,15 +262,14 @@ def run_perf(model: str, methods: list[str], repeats: int, sets: list[str], out:
     dev = resolve_device(device)
     suite = make_suite(model, methods, sets, str(dev))
     rocm = next((m for m in methods if family(METHODS[m][0]) == "rocm"), "rocm-kl")
-    if memory_steps:
-        make_suite(model, [rocm], sets, str(dev))  # a bad combination fails before anything is timed
-    console = Console(width=max(Console().width, 120))
+    plan = memory_plan(model, methods, sets, str(dev), sorted(set(memory_steps)), rocm)  # fails before any timing
+    console = Console(width=max(Console().width, 132))
     rows = {}
     for name in methods:
         console.print(f"timing {name} ...")
         rows[name] = time_method(suite, name, repeats)
     console.print("peak memory (one subprocess per configuration) ...")
-    peaks, sweep = measure_memory(model, methods, sets, str(dev), sorted(set(memory_steps)), rocm)
+    peaks, sweep = measure_memory(plan, len(methods))
     for name, peak in zip(methods, peaks):
         rows[name].update(peak)
     on = {r["steps"]: r["step_peak_mib"] for r in sweep if r["checkpointing"]}
@@ -344,14 +278,16 @@ def run_perf(model: str, methods: list[str], repeats: int, sets: list[str], out:
     for r in sweep:
         r["ratio_to_min_steps"] = _ratio(r["step_peak_mib"], (on if r["checkpointing"] else off)[min(on)])
 
-    table = Table(title=f"bench perf: {model} on {dev}, {torch.get_num_threads()} threads, median of {repeats} steps")
-    for col in ("method", "step s", "bare s", "ratio", "target", "unet-only ratio", "samples/s", "step peak MiB",
-                "abs peak MiB"):
+    table = Table(title=f"bench perf: {model} on {dev}, {torch.get_num_threads()} threads, median of {repeats} "
+                        f"interleaved step / bare pairs")
+    for col in ("method", "step s", "bare s", "ratio", "target", "unet ratio", "cpu ratio", "samples/s",
+                "step peak MiB", "abs peak MiB"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for name, r in rows.items():
         tgt = "-" if r["target"] is None else f"{r['target']:.2f}x " + ("met" if r["met"] else "MISSED")
+        cpu = "-" if r["ratio_cpu"] is None else f"{r['ratio_cpu']:.3f}x"
         table.add_row(name, f"{r['step_s']:.4f}", f"{r['bare_s']:.4f}", f"{r['ratio']:.3f}x", tgt,
-                      f"{r['ratio_unet']:.3f}x", f"{r['samples_per_s']:.2f}", f"{r['step_peak_mib']:.1f}",
+                      f"{r['ratio_unet']:.3f}x", cpu, f"{r['samples_per_s']:.2f}", f"{r['step_peak_mib']:.1f}",
                       f"{r['peak_mib']:.0f}")
     console.print(table)
     if sweep:

@@ -23,6 +23,7 @@ MODELS: dict[str, str] = {
     "testbed": "bench.testbed.model:load",
     "lcm-dreamshaper-v7": "bench.hub:lcm_dreamshaper_v7",
     "lcm-lora-sd15": "bench.hub:lcm_lora_sd15",
+    "sd15-lcm-random": "bench.models_sd15:sd15_lcm_random",
 }
 
 # Per-model defaults: training reward, prompt set, evaluation metrics (all computed at every evaluation point), and
@@ -42,6 +43,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                            "select": "hpsv2", "latent": (4, 8, 512)},
     "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
                       "select": "hpsv2", "latent": (4, 8, 512)},
+    # Real size, random weights (cost measurements, bench/models_sd15.py): rewards that need no weights.
+    "sd15-lcm-random": {"reward": "brightness", "prompts": "animals", "metrics": ["brightness", "colorfulness", "diversity"],
+                        "select": "colorfulness", "latent": (4, 8, 512)},
 }
 # "latent": (channels, decoder upsampling factor, native image side in pixels), so the latent size is known without
 # building the model (bench sweep centres ROCM's per-dimension β ranges on it; tests check it against the models).

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 from bench.perf import run_perf
+from bench.perf_memory import own_sets
 
 METHODS = ["rocm-kl", "ddpo", "d3po"]
-SMALL = ["method.batch_size=4", "ddpo.prompts_per_step=2", "ddpo.samples_per_prompt=2", "ddpo.train_batch_size=2", "d3po.train_batch_size=1", "sampler.steps=2"]
+REPEATS = 2  # one pair in each order (step first, bare compute first)
+# method.train_batch_size applies to DDPO and D3PO (d3po's own value wins), not to ROCM, which lacks the field: each
+# one-method memory process must still accept it.
+SMALL = ["method.batch_size=4", "ddpo.prompts_per_step=2", "ddpo.samples_per_prompt=2", "method.train_batch_size=2",
+         "d3po.train_batch_size=1", "sampler.steps=2"]
 
 
 def _positive(x) -> bool:
@@ -18,7 +24,7 @@ def _positive(x) -> bool:
 
 def test_perf_writes_finite_positive_numbers(tmp_path):
     out = tmp_path / "perf.json"
-    returned = run_perf(model="tiny", methods=METHODS, repeats=1, sets=SMALL, out=out, memory_steps=[1, 2],
+    returned = run_perf(model="tiny", methods=METHODS, repeats=REPEATS, sets=SMALL, out=out, memory_steps=[1, 2],
                         device="cpu")
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(returned))
@@ -27,8 +33,14 @@ def test_perf_writes_finite_positive_numbers(tmp_path):
     assert set(data["config"]["methods"]) == set(METHODS) and data["config"]["threads"] >= 1
     assert set(data["methods"]) == set(METHODS)
     for name, row in data["methods"].items():
-        for key in ("step_s", "bare_s", "bare_unet_s", "ratio", "ratio_unet", "samples_per_s", "peak_mib", "target"):
+        for key in ("step_s", "bare_s", "bare_unet_s", "ratio", "ratio_unet", "ratio_cpu", "samples_per_s", "peak_mib",
+                    "target"):
             assert _positive(row[key]), (name, key, row[key])
+        # Interleaved pairs: one step and one bare timing (wall and CPU) per repeat, the ratio is their median.
+        for key in ("step_times_s", "bare_times_s", "pair_ratios", "step_cpu_s", "bare_cpu_s"):
+            assert len(row[key]) == REPEATS and all(_positive(x) for x in row[key]), (name, key, row[key])
+        assert row["pair_ratios"] == [s / b for s, b in zip(row["step_times_s"], row["bare_times_s"])]
+        assert math.isclose(row["ratio"], statistics.median(row["pair_ratios"]))
         assert math.isfinite(row["step_peak_mib"]) and row["step_peak_mib"] >= 0
         assert isinstance(row["met"], bool)
         assert row["meter_agrees"] and row["same_work_every_step"], name
@@ -42,3 +54,9 @@ def test_perf_writes_finite_positive_numbers(tmp_path):
                                                                                 (2, True)]
     for r in sweep["rows"]:
         assert _positive(r["peak_mib"]) and math.isfinite(r["step_peak_mib"]) and r["step_peak_mib"] >= 0
+
+
+def test_a_one_method_suite_keeps_only_the_method_sets_it_has():
+    sets = ["method.train_batch_size=2", "method.lr=1e-3", "rocm.beta=3", "sampler.steps=2"]
+    assert own_sets("rocm-kl", sets) == ["method.lr=1e-3", "rocm.beta=3", "sampler.steps=2"]
+    assert own_sets("ddpo", sets) == sets  # a family's or an entry's key stays: validation names a wrong one

@@ -40,13 +40,9 @@ def snapshot_dir(cache: Path, repo_id: str, repo_type: str = "model") -> Path:
 
 def write_clip_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt of CLIP's BPE (from open_clip's copy), loaded by `CLIPTokenizer.from_pretrained`."""
-    from open_clip.tokenizer import SimpleTokenizer
+    from bench.models_sd15 import write_clip_bpe
 
-    bpe = SimpleTokenizer()
-    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # open_clip's -> OpenAI's
-    (folder / "vocab.json").write_text(json.dumps({rename.get(k, k): v for k, v in bpe.encoder.items()}))
-    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    write_clip_bpe(folder)
     end = "<|endoftext|>"
     special = {"bos_token": "<|startoftext|>", "eos_token": end, "unk_token": end, "pad_token": end}
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
