@@ -70,6 +70,29 @@ def _section(title: str, registry: dict, line) -> None:
         print(f"  {name:<22} {line(entry)}")
 
 
+# Executor options, shared by `bench run` and `bench sweep` (bench/executors.py, docs/executors.md). None: not
+# given (the executor's default applies; an option of another executor is an error).
+EXECUTOR = typer.Option("serial", "--executor", help="Who runs the runs: serial (this process, one after another), "
+                        "ray (a Ray task each) or slurm (a SLURM job each, through submitit).")
+CPUS_PER_RUN = typer.Option(None, "--cpus-per-run", help="Ray: CPU cores each run requests, also its torch threads "
+                            "unless OMP_NUM_THREADS is set (default 1).")
+GPUS_PER_RUN = typer.Option(None, "--gpus-per-run", help="Ray: GPUs each run requests (default 1 when the device is "
+                            "cuda, or auto on a cluster with GPUs; else 0).")
+RAY_ADDRESS = typer.Option(None, "--ray-address", help="Ray: an existing cluster (auto, HOST:PORT, ray://HOST:PORT); "
+                           "default: a local Ray instance.")
+RAY_WORKERS = typer.Option(None, "--ray-workers", help="Ray: CPUs of the local instance (default: all of them).")
+
+
+def _executor(kind: str, cpus_per_run, gpus_per_run, ray_address, ray_workers, **slurm):
+    """The executor options as a checked bench.executors.ExecutorConfig."""
+    from bench.executors import ExecutorConfig, check
+
+    cfg = ExecutorConfig(kind=kind.strip(), cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+                         ray_address=ray_address, ray_workers=ray_workers, **slurm)
+    check(cfg)
+    return cfg
+
+
 @app.command()
 def run(
     methods: Optional[str] = typer.Option(None, help=f"Comma-separated method names (`bench ls`; default "
@@ -98,16 +121,34 @@ def run(
     log_with: Optional[str] = typer.Option(None, "--log-with", help="Also log to experiment trackers, offline, "
                                            "into each run folder: tensorboard, wandb, trackio (comma-separated; "
                                            "default none). Tags: train/*, eval/<split>/<metric>, samples/<split>."),
+    executor: str = EXECUTOR, cpus_per_run: Optional[float] = CPUS_PER_RUN,
+    gpus_per_run: Optional[float] = GPUS_PER_RUN, ray_address: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM: partition of the jobs."),
+    slurm_gpus: Optional[int] = typer.Option(None, "--slurm-gpus", help="SLURM: GPUs per job (default 1; 0 with "
+                                                                        "--device cpu)."),
+    slurm_time: Optional[int] = typer.Option(None, "--slurm-time", help="SLURM: time limit per job in minutes "
+                                             "(default 240); a run that needs longer is requeued and resumes."),
+    slurm_account: Optional[str] = typer.Option(None, "--slurm-account", help="SLURM: account charged."),
+    slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus", help="SLURM: CPUs per job, also its torch threads "
+                                                                        "unless OMP_NUM_THREADS is set (default 4)."),
 ) -> None:
     """Train every method x reward x seed under the same budget, evaluating as it goes."""
     argv = ["bench", *sys.argv[1:]]
     from bench.trackers import parse_log_with
 
     trackers = parse_log_with(log_with)  # an unknown or uninstalled tracker is reported before anything runs
+    runner = _executor(executor, cpus_per_run, gpus_per_run, ray_address, ray_workers,
+                       slurm_partition=slurm_partition, slurm_gpus=slurm_gpus, slurm_time=slurm_time,
+                       slurm_account=slurm_account, slurm_cpus=slurm_cpus)
     if from_sweep is not None and config is not None:
         raise BenchError("--config and --from-sweep: give one (a sweep folder already holds its settings)")
     if from_sweep is not None:
         from bench.sweep_results import run_from_sweep
+
+        if runner.kind != "serial":
+            raise BenchError(f"--executor {runner.kind} with --from-sweep: not supported yet; run the final suites "
+                             f"serially, or `bench run --executor {runner.kind}` with the selected --set values")
 
         if model is not None:
             raise BenchError(f"--model: with --from-sweep it comes from {from_sweep / 'sweep.json'}")
@@ -132,7 +173,7 @@ def run(
     flags = suite_file.RunOptions(methods=methods, rewards=rewards, model=model, seeds=seeds, budget=budget,
                                   out=None if out is None else str(out), device=device, sets=list(set_))
     suite, out = suite_from_options(suite_file.merge(suite_file.load(config), flags) if config else flags)
-    dirs = run_suite(suite, out, argv=argv, show_progress=progress, log_with=trackers)
+    dirs = run_suite(suite, out, argv=argv, show_progress=progress, log_with=trackers, executor=runner)
     if os.environ.get("RANK", "0") == "0":  # one line, from the one process that wrote the results
         print(f"{len(dirs)} runs in {out}; next: bench report {out}")
 
@@ -170,12 +211,20 @@ def sweep(
                                         "the training reward)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    executor: str = EXECUTOR, cpus_per_run: Optional[float] = CPUS_PER_RUN,
+    gpus_per_run: Optional[float] = GPUS_PER_RUN, ray_address: Optional[str] = RAY_ADDRESS,
+    ray_workers: Optional[int] = RAY_WORKERS,
 ) -> None:
     """Tune every method with the same number of trials on validation prompts and sweep seeds; select by a
-    declared rule (selected.json) and report how sensitive each method is to its knobs (sensitivity.md)."""
+    declared rule (selected.json) and report how sensitive each method is to its knobs (sensitivity.md).
+    `--executor ray` runs the studies (one per method and reward) side by side, with the same results."""
     from bench.registry import MODEL_DEFAULTS, find, resolve_names
     from bench.sweep import SweepSettings, run_sweep, selection_metric
 
+    runner = _executor(executor, cpus_per_run, gpus_per_run, ray_address, ray_workers)
+    if runner.kind == "slurm":
+        raise BenchError("bench sweep --executor: serial or ray (a study's trials follow one another; run the "
+                         "sweep's driver inside one SLURM allocation with a Ray cluster instead)")
     model = find("model", model)  # plugins' import paths -> their declared names, as in `bench run`
     reward_list = resolve_names("reward", _split(rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")))
     if not reward_list:
@@ -185,7 +234,7 @@ def sweep(
                              sampler=sampler, sweep_seeds=_seeds(sweep_seeds),
                              select={r: select or selection_metric(model, r) for r in reward_list},
                              sets=list(set_), device=device)
-    table = run_sweep(settings, out, argv=["bench", *sys.argv[1:]], show_progress=progress)
+    table = run_sweep(settings, out, argv=["bench", *sys.argv[1:]], show_progress=progress, executor=runner)
     print(table)
     print(f"selected configurations in {out / 'selected.json'}; next: bench run --from-sweep {out} --seeds 0,1,2")
 

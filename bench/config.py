@@ -3,7 +3,7 @@
 A suite is methods x rewards x seeds, all on one model, one sampler, one prompt split, one evaluation
 harness and one budget. `--set` addresses any field:
 
-    model.lora_rank=4   sampler.steps=8   eval.points=5   prompts.train=my_prompts.txt
+    model.lora_rank=4   sampler.steps=8   eval.points=5   prompts.train=my_prompts.txt   checkpoint.every_steps=10
     rocm.beta=0.1       (every ROCM entry: the method family is the module name)
     rocm-kl.beta=0.1    (one entry)          method.lr=1e-4   (every method that has the field)
 
@@ -61,6 +61,19 @@ class PromptConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Mid-run checkpoints (run_dir/checkpoint.pt, bench/checkpoint.py): a killed run continues from its last one.
+    One is also saved at every evaluation point. They never change results, so they are not part of a suite's
+    settings: a suite may be resumed with other values."""
+
+    every_steps: int = 0
+    """Save after every this many outer steps (0: off)."""
+    every_minutes: float = 30.0
+    """Save when this many minutes of wall time passed since the last save (0: off). A save costs about a second
+    for a LoRA on a GPU (docs/results-format.md), so 30 minutes loses at most that much of a multi-hour run."""
+
+
+@dataclass
 class SuiteConfig:
     methods: list[str]
     rewards: list[str]
@@ -70,6 +83,7 @@ class SuiteConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     method_sets: dict[str, dict[str, str]] = field(default_factory=dict)
     """Raw `--set` values for method fields, by prefix (method name, family, or "method")."""
     explicit: set[str] = field(default_factory=set)
@@ -77,7 +91,7 @@ class SuiteConfig:
     device: str = "cpu"
 
 
-SECTIONS = ("model", "sampler", "eval", "prompts")
+SECTIONS = ("model", "sampler", "eval", "prompts", "checkpoint")
 
 
 def parse_value(text: str, typ: Any, key: str) -> Any:
@@ -229,6 +243,8 @@ def check_sections(suite: SuiteConfig) -> None:
     for name, low in (("points", 1), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
                       ("grid_images", 0)):
         at_least(f"eval.{name}", getattr(ev, name), low)
+    at_least("checkpoint.every_steps", suite.checkpoint.every_steps, 0)
+    at_least("checkpoint.every_minutes", suite.checkpoint.every_minutes, 0)
 
 
 def split_prompts(suite: SuiteConfig) -> dict[str, list[str]]:

@@ -106,6 +106,10 @@ class Method:
 
     Config: type = TrainConfig
     first_order: bool = False  # True: back-propagates through the reward, which must then be differentiable
+    STATE_ATTRS: ClassVar[tuple[str, ...]] = ()
+    """Attributes a step changes beyond the common state (optimizer, generator, step counters), saved in mid-run
+    checkpoints by `state_dict`: an object with state_dict() / load_state_dict() (a stat tracker) through those,
+    a plain value (a count) as it is. A subclass names its own, or overrides extra_state / load_extra_state."""
     name: str = ""
     """A plugin's declared name (`bench run --methods pkg.module:Class` names its runs and `--set` prefix by it);
     registered entries are named by their registry key, which __init__ stores here."""
@@ -120,16 +124,52 @@ class Method:
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_done = 0
         self.updates_done = 0
+        self.drawn: list[list[int]] = []
+        """Indices into `prompts` of every draw so far, in order: a resumed run replays their text encodings
+        (bench/checkpoint.py), so that its caches, and what it is charged, are an uninterrupted run's."""
 
     def step(self) -> dict[str, float]:
         raise NotImplementedError
+
+    # ---- checkpoints (bench/checkpoint.py): everything a resumed run needs to continue bit for bit ----------
+    def state_dict(self) -> dict:
+        """The optimizer, the method's generator, the step counters, the prompt draws and `extra_state()`: tensors,
+        numbers, strings and containers of them only (checkpoints load with torch.load(weights_only=True))."""
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "steps_done": self.steps_done, "updates_done": self.updates_done, "drawn": self.drawn,
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The inverse of state_dict, into a method built as a new run builds it."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.steps_done, self.updates_done = int(state["steps_done"]), int(state["updates_done"])
+        self.drawn = [list(d) for d in state["drawn"]]
+        self.load_extra_state(state["extra"])
+
+    def extra_state(self) -> dict:
+        """The state of the STATE_ATTRS attributes."""
+        out = {}
+        for name in self.STATE_ATTRS:
+            value = getattr(self, name)
+            out[name] = value.state_dict() if hasattr(value, "state_dict") else value
+        return out
+
+    def load_extra_state(self, state: dict) -> None:
+        for name in self.STATE_ATTRS:
+            value = getattr(self, name)
+            if hasattr(value, "load_state_dict"):
+                value.load_state_dict(state[name])
+            else:
+                setattr(self, name, state[name])
 
     # ---- shared pieces -----------------------------------------------------------------------------------
     def draw_prompts(self, n: int) -> list[str]:
         """n training prompts drawn uniformly with replacement from the method's generator (the global batch:
         every process draws the same ones, see bench/distributed.py)."""
-        idx = torch.randint(len(self.prompts), (n,), generator=self.generator)
-        return [self.prompts[i] for i in idx.tolist()]
+        idx = torch.randint(len(self.prompts), (n,), generator=self.generator).tolist()
+        self.drawn.append(idx)
+        return [self.prompts[i] for i in idx]
 
     def draw_prompt_groups(self, groups: int, size: int, replacement: bool = False) -> list[str]:
         """`groups` prompts, each repeated `size` times in a row: [p_0] * size + [p_1] * size + …, groups * size
@@ -148,7 +188,8 @@ class Method:
         else:
             n = len(self.prompts)
             perms = [torch.randperm(n, generator=self.generator) for _ in range(-(-groups // n))]
-            chosen = [self.prompts[i] for i in torch.cat(perms)[:groups].tolist()]
+            self.drawn.append(torch.cat(perms)[:groups].tolist())
+            chosen = [self.prompts[i] for i in self.drawn[-1]]
         return [p for p in chosen for _ in range(size)]
 
     def backward(self, loss: torch.Tensor, share: float = 1.0) -> None:

@@ -7,8 +7,14 @@ steps — each timed and charged to the meter — evaluating whenever a budget f
 Budgets are matched exactly (docs/protocol.md): an outer step is started only if a step as costly as the
 costliest one so far still fits within the budget plus BUDGET_TOLERANCE, so no run ends more than 0.5% past
 its budget; the final evaluation is taken where the run stops and labelled fraction 1 (its `budget_used`
-says how much was really spent). Then save the trained adapter and write summary.json last. A run folder
-without summary.json is an interrupted attempt: it is moved aside (never deleted) and the run is redone.
+says how much was really spent). Then save the trained adapter and write summary.json last.
+
+Mid-run checkpoints (bench/checkpoint.py) are saved at every evaluation point and every `checkpoint.every_steps`
+steps / `checkpoint.every_minutes` minutes. A run folder without summary.json is an interrupted attempt: with a
+usable checkpoint (the same config.json) the run continues from it — rebuilt exactly as a new run, the base
+evaluation replayed unwritten (it fills the per-prompt caches), the state loaded, the logs cut back to their size
+at the checkpoint — so that with a count budget it ends bit-identical to an uninterrupted run; without one the
+attempt is moved aside (never deleted) and the run is redone.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench import distributed, results, schema
+from bench import checkpoint, distributed, executors, results, schema
 from bench.compute import ComputeMeter
 from bench.distributed import Dist
+from bench.executors import ExecutorConfig
 from bench.config import (SuiteConfig, eval_prompts, images_per_prompt, method_config, metrics_for, split_prompts,
                           to_dict, validate)
 from bench.errors import BenchError
@@ -72,10 +80,15 @@ def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:
 
 
 def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show_progress: bool = True,
-              log_with: tuple[str, ...] = ()) -> list[Path]:
+              log_with: tuple[str, ...] = (), executor: ExecutorConfig | None = None) -> list[Path]:
     """Run every missing run of the suite into `out`; returns the run folders. Under `accelerate launch` every
     process calls this; process 0 alone writes (bench/distributed.py) and logs to the `log_with` experiment
-    trackers (bench/trackers.py)."""
+    trackers (bench/trackers.py). An `executor` other than serial hands the runs to Ray or SLURM instead
+    (bench/executors.py)."""
+    if executor is not None and executor.kind != "serial":
+        executors.check(executor)
+        validate(suite)
+        return executors.run_parallel(suite, Path(out), argv or sys.argv, executor, show_progress, log_with)
     dist, dist_device = distributed.init()
     validate(suite)
     out = Path(out)
@@ -88,7 +101,10 @@ def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show
                   TimeElapsedColumn(), disable=not (show_progress and dist.is_main), transient=False) as progress:
         overall = progress.add_task(f"suite ({len(specs)} runs)", total=len(specs))
         for method, reward, seed in specs:
-            dirs.append(run_spec(suite, out, method, reward, seed, progress, dist, dist_device, log_with))
+            # one writer per run folder, also against another `bench run` into it (a data-parallel run has several
+            # processes but one writer, process 0)
+            with executors.run_lock(out, results.run_id(method, reward, seed)) if dist.world == 1 else nullcontext():
+                dirs.append(run_spec(suite, out, method, reward, seed, progress, dist, dist_device, log_with))
             progress.advance(overall)
     return dirs
 
@@ -100,19 +116,27 @@ def suite_specs(suite: SuiteConfig) -> list[tuple[str, str, int]]:
 
 def run_spec(suite: SuiteConfig, out: Path, method: str, reward: str, seed: int, progress: Progress | None = None,
              dist: Dist = Dist(), dist_device: torch.device | None = None, log_with: tuple[str, ...] = ()) -> Path:
-    """One run of a suite whose manifest is written: skipped when its summary.json exists, else (re)done into
-    out/runs/<id>. The unit every executor (bench/executors.py) hands out; one writer per run folder."""
+    """One run of a suite whose manifest is written: skipped when its summary.json exists, continued from its
+    checkpoint when it has a usable one (bench/checkpoint.py), else (re)done into out/runs/<id>. The unit every
+    executor (bench/executors.py) hands out; one writer per run folder."""
     run_dir = out / "runs" / results.run_id(method, reward, seed)
     done = (run_dir / "summary.json").exists()
+    state, why = None, ""
+    if not done and run_dir.exists():
+        state, why = checkpoint.load(run_dir, run_config(suite, method, reward, seed, dist, dist_device), dist.world)
     dist.barrier()  # every process has looked before process 0 moves anything
     if done:
         results.read_json(run_dir / "summary.json")  # a corrupt summary is an error, not a skip
+        if dist.is_main:  # left by a kill between summary.json and the checkpoint's removal
+            (run_dir / checkpoint.FILE).unlink(missing_ok=True)
         return run_dir
-    if dist.is_main and run_dir.exists():
+    if dist.is_main and run_dir.exists() and state is None:
         k = 1
         while run_dir.with_name(f"{run_dir.name}.interrupted-{k}").exists():
             k += 1
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{k}"))
+        print(f"warning: {run_dir.name}: {why}; the attempt is moved to {run_dir.name}.interrupted-{k} and redone",
+              file=sys.stderr)
     dist.barrier()
     if progress is not None:
         task = progress.add_task(results.run_id(method, reward, seed), total=1.0)
@@ -120,14 +144,21 @@ def run_spec(suite: SuiteConfig, out: Path, method: str, reward: str, seed: int,
     else:
         on_progress = lambda frac, msg: None  # noqa: E731
     with RunLog(log_with if dist.is_main else (), run_dir) as log:  # closed even if the run fails
-        run_one(suite, method, reward, seed, run_dir, on_progress, dist, dist_device, log)
+        run_one(suite, method, reward, seed, run_dir, on_progress, dist, dist_device, log, resume=state)
     return run_dir
 
 
 def write_manifest(suite: SuiteConfig, out: Path, argv: list[str]) -> None:
     """Append this command to the suite's history (bench/schema.py Manifest). Resuming, or extending a suite with
     more methods / rewards / seeds, needs the same settings and protocol; an older manifest is read in any schema
-    and written back in the current one, its history kept."""
+    and written back in the current one, its history kept. Several processes may append at once (several `bench
+    run` into one folder): the read-modify-write holds SUITE/.manifest.lock, so no command is lost."""
+    with executors.file_lock(out / ".manifest.lock"):
+        append_command(suite, out, argv)
+
+
+def append_command(suite: SuiteConfig, out: Path, argv: list[str]) -> None:
+    """write_manifest's read-modify-write, under its lock."""
     cmd = command_record(suite, argv)
     config = json.loads(json.dumps(to_dict(suite)))  # as JSON reads it back (tuples become lists)
     path = out / "manifest.json"
@@ -136,7 +167,8 @@ def write_manifest(suite: SuiteConfig, out: Path, argv: list[str]) -> None:
         old = schema.Manifest.from_json(results.read_json(path), path)
         lists = ("methods", "rewards", "seeds")
         # `explicit` records which keys came from --set, not a setting: a default given explicitly is the same suite
-        settings = lambda c: {k: v for k, v in c.items() if k not in (*lists, "explicit")}  # noqa: E731
+        # and checkpoint intervals never change results, so a suite may be resumed with others
+        settings = lambda c: {k: v for k, v in c.items() if k not in (*lists, "explicit", "checkpoint")}  # noqa: E731
         if settings(old.config) != settings(config):
             raise BenchError(f"{out} holds a suite with different settings; choose another --out (nothing was changed)")
         if (old.protocol or 1) != PROTOCOL:
@@ -164,39 +196,60 @@ def build_metrics(suite: SuiteConfig, reward_name: str, reward: Reward, device: 
     return metrics
 
 
+def run_device(suite: SuiteConfig, dist_device: torch.device | None = None) -> torch.device:
+    """The device a run trains on: the process's own under `accelerate launch` with device "auto"."""
+    return dist_device if (dist_device is not None and suite.device == "auto") else resolve_device(suite.device)
+
+
+def eval_setup(suite: SuiteConfig) -> tuple[dict, dict, dict]:
+    """(every split's prompts, the evaluated prompts of each evaluated split, images per prompt of each)."""
+    splits = split_prompts(suite)
+    eval_splits = {s: eval_prompts(splits[s], suite.eval.max_prompts) for s in suite.eval.splits}
+    return splits, eval_splits, {s: images_per_prompt(len(p), suite.eval) for s, p in eval_splits.items()}
+
+
+def run_config(suite: SuiteConfig, method: str, reward_name: str, seed: int, dist: Dist = Dist(),
+               dist_device: torch.device | None = None) -> dict:
+    """The run's config.json, as JSON reads it back; nothing is built. A checkpoint resumes only into the same."""
+    cls, cfg = method_config(method, suite)
+    cfg.validate(method, suite.sampler)  # fills derived fields (DDPO's batch) as the method's constructor does
+    splits, _, per_prompt = eval_setup(suite)
+    config = schema.RunConfig(
+        method=method, reward=reward_name, seed=seed, budget=suite.budget.as_dict(), protocol=PROTOCOL,
+        model=to_dict(suite.model), sampler=to_dict(suite.sampler), eval=to_dict(suite.eval),
+        eval_images_per_prompt=per_prompt, method_config=to_dict(cfg), method_class=f"{cls.__module__}:{cls.__name__}",
+        metrics=metrics_for(suite, reward_name), prompts=splits, device=str(run_device(suite, dist_device)),
+        processes=dist.world)
+    return json.loads(json.dumps(config.to_json()))
+
+
 def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_dir: Path, on_progress,
-            dist: Dist = Dist(), dist_device: torch.device | None = None, log: RunLog | None = None) -> None:
+            dist: Dist = Dist(), dist_device: torch.device | None = None, log: RunLog | None = None,
+            resume: dict | None = None) -> None:
+    """One run into run_dir; `resume`: a checkpoint (bench/checkpoint.py load) to continue from."""
     log = log or RunLog((), run_dir)  # experiment trackers: copies of what is written here, never instead of it
-    device = dist_device if (dist_device is not None and suite.device == "auto") else resolve_device(suite.device)
+    device = run_device(suite, dist_device)
     cls, cfg = method_config(method, suite)
     torch.manual_seed(seed)  # LoRA initialisation (the same in every process); the base weights do not depend on it
     meter = ComputeMeter()
     policy = model_builder(suite.model.name)(suite.model, meter).to(device)
     reward = reward_class(reward_name)(device, meter)
     metrics = build_metrics(suite, reward_name, reward, device, meter)
-    splits = split_prompts(suite)
-    eval_splits = {s: eval_prompts(splits[s], suite.eval.max_prompts) for s in suite.eval.splits}
-    per_prompt = {s: images_per_prompt(len(p), suite.eval) for s, p in eval_splits.items()}
+    splits, eval_splits, per_prompt = eval_setup(suite)
     algo = cls(method, cfg, policy, suite.sampler, reward, splits["train"], torch.Generator().manual_seed(seed), dist)
+    config = run_config(suite, method, reward_name, seed, dist, dist_device)
     if dist.is_main:
-        results.write_json_atomic(run_dir / "config.json", schema.RunConfig(
-            method=method, reward=reward_name, seed=seed, budget=suite.budget.as_dict(), protocol=PROTOCOL,
-            model=to_dict(suite.model), sampler=to_dict(suite.sampler), eval=to_dict(suite.eval),
-            eval_images_per_prompt=per_prompt, method_config=to_dict(cfg),
-            method_class=f"{cls.__module__}:{cls.__name__}", metrics=list(metrics), prompts=splits,
-            device=str(device), processes=dist.world).to_json())
+        results.write_json_atomic(run_dir / "config.json", config)
 
-    budget, points = suite.budget, suite.eval.points
+    budget, points, every = suite.budget, suite.eval.points, suite.checkpoint
     reported = suite.eval.splits[-1]  # the split shown in sample grids and summary.json (test, or validation)
-    done_points: set[int] = set()
-    t_start = time.perf_counter()
-    counters = dist.sum(meter.counters())  # compute of every process together
 
     def eval_at(fractions: list[float], step: int) -> dict:
         """Process 0 evaluates and writes; the others wait (evaluation is never charged)."""
         final = {}
         if dist.is_main:
             rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+            checkpoint.fault("evaluation")
             used = budget.spent(counters) / budget.amount
             results.append_jsonl(run_dir / "eval.jsonl", [
                 schema.EvalRow(step=step, fraction=f, budget_used=used, **_compute_columns(counters), **row).to_json()
@@ -211,10 +264,24 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
 
     if dist.is_main:
         prepare_references(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed + 1)
-    final = eval_at([0.0], 0)
-    on_progress(0.0, f"{method} {reward_name} s{seed}")
+    counters = dist.sum(meter.counters())  # compute of every process together
+    if resume is None:
+        final = eval_at([0.0], 0)
+        done_points, costliest, elapsed = set(), 0.0, 0.0  # costliest: the largest cost of one outer step so far
+    else:
+        if dist.is_main:  # the base evaluation's effect on every per-prompt cache (text embeddings), uncharged
+            evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+        progress = checkpoint.restore(resume, policy, algo, meter, dist)
+        if dist.is_main:
+            checkpoint.cut_logs(run_dir, progress["logs"])
+        dist.barrier()
+        counters = dist.sum(meter.counters())
+        done_points, costliest, final = set(progress["done_points"]), progress["costliest"], progress["final"]
+        elapsed = progress["elapsed"]
+    t_start = time.perf_counter() - elapsed  # wall time of every attempt together
+    last_save = time.monotonic()
+    on_progress(budget.spent(counters) / budget.amount, f"{method} {reward_name} s{seed}")
     limit = budget.amount * (1 + BUDGET_TOLERANCE)
-    costliest = 0.0  # the largest cost of one outer step so far, in the budget's unit
     while budget.spent(counters) + costliest <= limit and budget.spent(counters) < budget.amount:
         before = budget.spent(counters)
         nfe_before = counters["nfe"]
@@ -236,6 +303,13 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         if crossed:
             done_points.update(crossed)
             final = eval_at([i / points for i in crossed], algo.steps_done)
+        by_time = every.every_minutes > 0 and time.monotonic() - last_save >= 60 * every.every_minutes
+        if (crossed or (every.every_steps > 0 and algo.steps_done % every.every_steps == 0)
+                or (every.every_minutes > 0 and dist.sum({"due": float(by_time)})["due"] > 0)):  # all decide alike
+            checkpoint.save(run_dir, config, policy, algo, meter, {
+                "done_points": sorted(done_points), "costliest": costliest, "final": final,
+                "elapsed": time.perf_counter() - t_start}, dist)
+            last_save = time.monotonic()
         on_progress(frac, f"{method} {reward_name} s{seed}: {reward_name} {logs.get('reward_mean', float('nan')):.3g}")
     # The last evaluation point is where the run stopped: the next step would not have fit in the budget.
     final = eval_at([i / points for i in range(1, points + 1) if i not in done_points], algo.steps_done)
@@ -248,6 +322,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             steps=algo.steps_done, counters=counters, budget_used=budget.spent(counters) / budget.amount,
             reported_split=reported, final=final, wall_seconds=time.perf_counter() - t_start,
             processes=dist.world).to_json())
+        (run_dir / checkpoint.FILE).unlink(missing_ok=True)  # summary.json, written last, marks the run done
     dist.barrier()
 
 

@@ -10,7 +10,11 @@ describes every file and field for readers outside Python. The layout of one sui
     SUITE/runs/<run_id>/samples/frac{f:.2f}.png   an image grid of the reported split at each evaluation point
     SUITE/runs/<run_id>/adapter.safetensors       the trained adapter (the policy's trainable state dict)
     SUITE/runs/<run_id>/summary.json    Summary, written last: its presence means the run completed
-    SUITE/runs/<run_id>.interrupted-<k>/  an interrupted attempt, moved aside (never deleted) when it is redone
+    SUITE/runs/<run_id>/checkpoint.pt   the run's state at its last mid-run checkpoint (bench/checkpoint.py),
+                                        deleted once summary.json is written; <log>.after-checkpoint: rows a
+                                        resume cut from train.jsonl / eval.jsonl
+    SUITE/runs/<run_id>.interrupted-<k>/  an interrupted attempt without a usable checkpoint, moved aside (never
+                                          deleted) when it is redone
 
 ``run_id`` is ``{method}__{reward}__seed{seed}`` (bench.results.run_id).
 

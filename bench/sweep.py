@@ -18,6 +18,13 @@ Resume: one sweep per DIR at a time (a lock file). Trials a killed sweep left RU
 their parameters re-enqueued with the same trial folder, whose completed runs run_suite skips. Each trial's
 sampler is seeded by (method, reward, number of trials done), so a resumed sweep proposes what an
 uninterrupted one would have.
+
+Parallel (`--executor ray`): the studies are independent — each reads only its own trials, its sampler is
+seeded per study, each trial's runs are deterministic — so each study runs as one Ray task (its trials in order)
+and the sweep's results equal a serial sweep's. The studies share optuna.db: the driver creates every study
+before the tasks start (no two processes create the tables; bench/executors.py run_studies_on_ray), and every
+connection waits up to SQLITE_BUSY_TIMEOUT_S for another process's write instead of failing with "database is
+locked".
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ if TYPE_CHECKING:  # bench.method imports torch; this module stays light for the
     from bench.method import Knob
 
 SAMPLERS = ("tpe", "grid", "random")
+SQLITE_BUSY_TIMEOUT_S = 600  # how long a write to optuna.db waits for another process's (parallel studies)
 SPLIT = "validation"
 SWEEP_SPLITS = ("train", SPLIT)
 RULE = ("score = mean over sweep seeds of the selection metric on the validation split at the run's last "
@@ -267,8 +275,21 @@ def open_study(out: Path, method: str, reward: str, higher: bool):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage_url(out), study_name=f"{method}__{reward}", load_if_exists=True,
+    # several processes (studies as Ray tasks) write the file: wait for the SQLite lock rather than fail
+    storage = optuna.storages.RDBStorage(storage_url(out),
+                                         engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}})
+    return optuna.create_study(storage=storage, study_name=f"{method}__{reward}", load_if_exists=True,
                                direction="maximize" if higher else "minimize")
+
+
+def trial_line(s: SweepSettings, method: str, reward: str, number: int, folder: str, values: dict, attrs: dict,
+               best_value: float) -> str:
+    """The line shown when a trial ends."""
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    note = f" ({attrs['error']})" if attrs["error"] else ""
+    resumed = "" if folder == f"trial-{number}" else f" (resumes {folder})"
+    return (f"{method} {reward} trial {number}{resumed}: {shown} -> {s.select[reward]} {attrs['score']:.4g}{note}; "
+            f"best {best_value:.4g}")
 
 
 def recover(study) -> int:
@@ -374,8 +395,9 @@ def sweep_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def run_sweep(s: SweepSettings, out: Path, argv: list[str], show_progress: bool = True) -> str:
-    """Run (or resume) every study of the sweep into `out`; returns the sensitivity table (Markdown)."""
+def run_sweep(s: SweepSettings, out: Path, argv: list[str], show_progress: bool = True, executor=None) -> str:
+    """Run (or resume) every study of the sweep into `out`; returns the sensitivity table (Markdown). An
+    `executor` of kind ray (bench/executors.py ExecutorConfig) runs the studies side by side."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.sweep_results import save_settings, write_outputs
@@ -384,6 +406,11 @@ def run_sweep(s: SweepSettings, out: Path, argv: list[str], show_progress: bool 
     out = Path(out)
     with sweep_lock(out):
         s = save_settings(out, s)
+        if executor is not None and executor.kind == "ray":
+            from bench.executors import run_studies_on_ray
+
+            run_studies_on_ray(s, out, argv, executor, show_progress)  # outputs kept even if a study failed
+            return write_outputs(out, s)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       disable=not show_progress) as progress:
             for m in s.methods:
@@ -393,12 +420,8 @@ def run_sweep(s: SweepSettings, out: Path, argv: list[str], show_progress: bool 
                     def report(done: int, number: int, folder: str, values: dict, attrs: dict, best_value: float,
                                m=m, r=r, task=task):
                         progress.update(task, completed=done)
-                        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in values.items())
-                        note = f" ({attrs['error']})" if attrs["error"] else ""
-                        resumed = "" if folder == f"trial-{number}" else f" (resumes {folder})"
-                        progress.console.print(f"{m} {r} trial {number}{resumed}: {shown} -> {s.select[r]} "
-                                               f"{attrs['score']:.4g}{note}; best {best_value:.4g}", soft_wrap=True)
+                        progress.console.print(trial_line(s, m, r, number, folder, values, attrs, best_value),
+                                               soft_wrap=True)
 
                     run_study(s, m, r, out, argv, report)
                     progress.update(task, completed=s.trials)

@@ -60,6 +60,7 @@ class D3PO(Method):
     """D3PO: per-step DPO on pairs of trajectories from the same initial noise."""
 
     Config = D3POConfig
+    STATE_ATTRS = ("ties",)  # ties dropped so far, logged as ties_total (saved in checkpoints)
 
     def __init__(self, name, cfg: D3POConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)

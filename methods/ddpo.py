@@ -105,6 +105,7 @@ class DDPO(Method):
     """DDPO/RLCM: PPO-clip policy gradient over the LCM sampler's stochastic steps."""
 
     Config = DDPOConfig
+    STATE_ATTRS = ("tracker",)  # the per-prompt reward history, carried across steps (saved in checkpoints)
     INFO_KEYS: tuple[str, ...] = ("approx_kl", "clipfrac")  # what step_loss's info holds (logged per step)
 
     def __init__(self, name, cfg: DDPOConfig, policy, sampler, reward, prompts, generator, dist=Dist()):

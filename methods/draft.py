@@ -91,6 +91,7 @@ class Draft(ROCM):
     """DRaFT-K / AlignProp: reward gradients through the last K sampling steps only (ROCM truncated)."""
 
     Config = DraftConfig
+    STATE_ATTRS = ("k_now",)  # K of the last outer step (logged by score); saved in checkpoints
 
     def __init__(self, name, cfg: DraftConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)

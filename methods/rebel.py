@@ -123,6 +123,7 @@ class REBEL(Method):
     """REBEL: regress pairwise advantage gaps onto pairwise log-ratio gaps of trajectory pairs (RLCM's loop)."""
 
     Config = REBELConfig
+    STATE_ATTRS = ("tracker",)  # the per-prompt reward history, carried across steps (saved in checkpoints)
 
     def __init__(self, name, cfg: REBELConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
