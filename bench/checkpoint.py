@@ -30,7 +30,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import torch
 
 from bench.compute import ComputeMeter
 from bench.distributed import Dist
+from bench.results import write_bytes_atomic
 
 FILE = "checkpoint.pt"
 FORMAT = 1  # bumped when the layout below changes; another format is not resumed (the run is redone)
@@ -116,26 +116,8 @@ def save(run_dir: Path, run_config: dict, policy, algo, meter: ComputeMeter, pro
                  "method": algo.state_dict(), "ranks": ranks, "progress": {**progress, "logs": log_sizes(run_dir)}}
         buf = io.BytesIO()
         torch.save(state, buf)
-        _write_atomic(run_dir / FILE, buf.getbuffer())
+        write_bytes_atomic(run_dir / FILE, buf.getvalue(), midway=lambda: fault("checkpoint-write"))
     dist.barrier()
-
-
-def _write_atomic(path: Path, data: memoryview) -> None:
-    """write_bytes_atomic's steps (bench/results.py), in two halves with the test-only fault point between."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            half = len(data) // 2
-            f.write(data[:half])
-            f.flush()
-            fault("checkpoint-write")
-            f.write(data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(run_dir: Path, run_config: dict, world: int) -> tuple[dict | None, str]:

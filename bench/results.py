@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from bench.errors import BenchError
 
@@ -40,13 +40,19 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n").encode())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+def write_bytes_atomic(path: Path, data: bytes, midway: Callable[[], None] | None = None) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`. `midway` (tests' fault
+    hooks) is called when half of the data is written: a crash there must leave `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            if midway is not None:
+                f.write(data[: len(data) // 2])
+                f.flush()
+                midway()
+                data = data[len(data) // 2:]
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
