@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import torch
 from bench.compute import Budget
 from bench.config import SuiteConfig, apply_sets
 from bench.errors import BenchError
-from bench.executors import ExecutorConfig, SlurmRun, check, slurm_executor
+from bench.executors import ExecutorConfig, SlurmRun, check, slurm_executor, torch_threads
 from bench.runner import run_suite, write_manifest
 
 from tests.conftest import assert_one_line_error
@@ -46,9 +47,23 @@ def four_runs() -> SuiteConfig:
 
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory) -> Path:
+    """The serial suite, with the torch threads the executors' runs get (1 CPU each, or OMP_NUM_THREADS): a
+    different thread count changes float reductions, hence the last bits (CI sets no OMP_NUM_THREADS)."""
     out = tmp_path_factory.mktemp("serial") / "suite"
-    run_suite(four_runs(), out, argv=["bench", "run"], show_progress=False)
+    with task_threads():
+        run_suite(four_runs(), out, argv=["bench", "run"], show_progress=False)
     return out
+
+
+@contextmanager
+def task_threads():
+    """This process's torch threads set to what a 1-CPU task or job gets, for the duration."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads(1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def results_of(run: Path) -> tuple:
@@ -195,7 +210,8 @@ def test_sweep_on_ray_equals_a_serial_sweep(tmp_path):
 
     import ray
 
-    run_sweep(settings(), tmp_path / "serial", argv=["bench", "sweep"], show_progress=False)
+    with task_threads():
+        run_sweep(settings(), tmp_path / "serial", argv=["bench", "sweep"], show_progress=False)
     try:
         run_sweep(settings(), tmp_path / "ray", argv=["bench", "sweep"], show_progress=False, executor=RAY)
     finally:
