@@ -234,7 +234,18 @@ def plot_c1(tables: list[pd.DataFrame], xcol: str, cfg: ClaimsConfig):
     return fig
 
 
-def plot_c4(sens: pd.DataFrame, trials: pd.DataFrame, metric: str):
+def sweep_base(sweep: Path, metric: str) -> float:
+    """The base model's `metric` on the validation prompts: fraction 0 of the sweep's trial runs (the same model,
+    prompts and noise in every one)."""
+    from bench.results import read_jsonl
+
+    values = [r["value"] for f in sorted(Path(sweep).glob("trials/*/trial-*/runs/*/eval.jsonl"))[:4]
+              for r in read_jsonl(f) if r.get("fraction") == 0 and r.get("split") == "validation"
+              and r.get("metric") == metric]
+    return float(np.mean(values)) if values else math.nan
+
+
+def plot_c4(sens: pd.DataFrame, trials: pd.DataFrame, metric: str, base: float = math.nan):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(sens) + 1.5))
@@ -244,6 +255,9 @@ def plot_c4(sens: pd.DataFrame, trials: pd.DataFrame, metric: str):
         s = s[np.isfinite(s)]
         ax.plot(s, np.full(len(s), i), "o", color="tab:blue", alpha=0.7, ms=5)
         ax.plot([s.min(), s.max()], [i, i], "-", color="tab:blue", lw=1)
+    if math.isfinite(base):
+        ax.axvline(base, color="grey", lw=0.8, ls="--", label="base model")
+        ax.legend(fontsize=7)
     ax.set_yticks(range(len(sens)), sens["method"], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(f"selection score ({metric}, validation prompts) of each sweep trial")
@@ -310,6 +324,11 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
     from bench.report_plots import save_fig
     from bench.results import write_bytes_atomic
 
+    if not [*suites, *ceiling]:  # a sweep alone: C4 only
+        if sweep is None:
+            raise BenchError("give suite folders, a --sweep folder, or both")
+        out.mkdir(parents=True, exist_ok=True)
+        return sweep_claims(sweep, out, cfg, ["# Claims (bench claims)\n"])
     ev, xcol = load_suites([*suites, *ceiling])
     if cfg.gold not in set(ev["metric"]):
         raise BenchError(f"metric '{cfg.gold}' was not evaluated in these suites (--gold)")
@@ -346,11 +365,24 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
                save_fig(plot_gap(gaps, xcol), out / "c6_gap.png"),
                save_fig(plot_frontier(ev, peaks, cfg, xcol), out / "c6_frontier.png")]
     if sweep is not None:
-        trials = read_trials(sweep)
-        sens = sensitivity(trials)
-        text += ["## C4: spread of the selection score over sweep trials\n", markdown(sens, {
-            "method": "method", "reward": "trained on", "trials": "trials", "finite": "finite", "min": "min",
-            "median": "median", "max": "max", "spread": "max − min"}), ""]
-        written.append(save_fig(plot_c4(sens, trials, cfg.gold), out / "c4_sensitivity.png"))
+        return [*sweep_claims(sweep, out, cfg, text), *written]
     write_bytes_atomic(out / "claims.md", ("\n".join(text) + "\n").encode())
     return [out / "claims.md", *written]
+
+
+def sweep_claims(sweep: Path, out: Path, cfg: ClaimsConfig, text: list[str]) -> list[Path]:
+    """C4 from a sweep folder's trials.csv, appended to `text`; writes claims.md and c4_sensitivity.png."""
+    from bench.report_plots import save_fig
+    from bench.results import write_bytes_atomic
+
+    trials = read_trials(sweep)
+    sens = sensitivity(trials)
+    base = sweep_base(sweep, cfg.gold)
+    text = [*text, "## C4: spread of the selection score over sweep trials\n",
+            f"Base model: {cfg.gold} {base:.4g} on the validation prompts (fraction 0 of the trials' runs).\n",
+            markdown(sens, {
+        "method": "method", "reward": "trained on", "trials": "trials", "finite": "finite", "min": "min",
+        "median": "median", "max": "max", "spread": "max − min"}), ""]
+    png = save_fig(plot_c4(sens, trials, cfg.gold, base), out / "c4_sensitivity.png")
+    write_bytes_atomic(out / "claims.md", ("\n".join(text) + "\n").encode())
+    return [out / "claims.md", png]

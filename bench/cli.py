@@ -255,7 +255,7 @@ def report(suite_dir: Path = typer.Argument(..., help="A folder written by `benc
 
 
 @app.command()
-def claims(suites: list[Path] = typer.Argument(..., help="Suite folders of runs trained on the proxy rewards."),
+def claims(suites: list[Path] = typer.Argument(None, help="Suite folders of runs trained on the proxy rewards."),
            out: Path = typer.Option(..., help="Where to write claims.md and the plots."),
            ceiling: list[Path] = typer.Option([], help="Suite folder(s) of the same methods trained on --gold."),
            sweep: Optional[Path] = typer.Option(None, help="A `bench sweep` folder: C4 from its trials.csv."),
@@ -269,6 +269,7 @@ def claims(suites: list[Path] = typer.Argument(..., help="Suite folders of runs 
     gold-versus-√KL frontier) from suite folders: tables in OUT/claims.md and one plot each (reads files only)."""
     from bench.claims import ClaimsConfig, write_claims
 
+    suites = suites or []
     for folder in [*suites, *ceiling, *([sweep] if sweep else [])]:
         if not folder.is_dir():
             raise BenchError(f"folder not found: {folder}")

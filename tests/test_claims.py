@@ -106,3 +106,13 @@ def test_claims_command_errors_in_one_line(tmp_path):
     r = CliRunner().invoke(app, ["claims", str(FRONTIER / "proxy-beta-3"), "--out", str(tmp_path),
                                  "--sweep", str(tmp_path)])
     assert isinstance(r.exception, BenchError) and "trials.csv" in str(r.exception)
+
+
+def test_c4_from_the_published_sweep_alone(tmp_path):
+    files = write_claims([], tmp_path, ClaimsConfig(), sweep=ROOT / "results" / "v2-sweep")
+    assert [f.name for f in files] == ["claims.md", "c4_sensitivity.png"]
+    text = (tmp_path / "claims.md").read_text()
+    assert "| grpo | testbed-pref | 4 | 4 |" in text  # every method had the same 4 trials
+    assert len([line for line in text.splitlines() if line.startswith("| ") and "testbed-pref" in line]) == 14
+    with pytest.raises(BenchError, match="give suite folders"):
+        write_claims([], tmp_path, ClaimsConfig())
