@@ -146,10 +146,6 @@ def run(
     if from_sweep is not None:
         from bench.sweep_results import run_from_sweep
 
-        if runner.kind != "serial":
-            raise BenchError(f"--executor {runner.kind} with --from-sweep: not supported yet; run the final suites "
-                             f"serially, or `bench run --executor {runner.kind}` with the selected --set values")
-
         if model is not None:
             raise BenchError(f"--model: with --from-sweep it comes from {from_sweep / 'sweep.json'}")
         from bench.compute import Budget
@@ -161,7 +157,8 @@ def run(
         # --budget: report the selection at another budget; --rewards: train it on another reward (ceiling rows)
         dirs = run_from_sweep(from_sweep, _seeds(seeds or "0"), out, chosen, set_,
                               device or "auto", argv, show_progress=progress, log_with=trackers, budget=budget,
-                              rewards=resolve_names("reward", _split(rewards)) if rewards else None)
+                              rewards=resolve_names("reward", _split(rewards)) if rewards else None,
+                              executor=runner)
         if os.environ.get("RANK", "0") == "0":
             folders = sorted({str(d.parent.parent) for d in dirs})
             print(f"{len(dirs)} runs in {', '.join(folders)}; next: bench report {folders[0]}")

@@ -224,7 +224,7 @@ def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, s
 
 def run_from_sweep(sweep_dir: Path, seeds: list[int], out: Path | None, methods: list[str] | None, sets: list[str],
                    device: str, argv: list[str], show_progress: bool = True, log_with: tuple[str, ...] = (),
-                   budget: str | None = None, rewards: list[str] | None = None) -> list[Path]:
+                   budget: str | None = None, rewards: list[str] | None = None, executor=None) -> list[Path]:
     """Run the selected configurations; one suite folder (or OUT/<reward> for several rewards) recording the
     sweep in from_sweep.json and, in its manifest, the selected values as method `--set`s."""
     from bench.config import to_dict, validate
@@ -243,5 +243,6 @@ def run_from_sweep(sweep_dir: Path, seeds: list[int], out: Path | None, methods:
                 "sweep": str(sweep_dir.resolve()), "reward": r, "tuned_on": tuned[r], "budget": suite.budget.text,
                 "tuning_budget": load_settings(sweep_dir).budget, "method_sets": to_dict(suite.method_sets),
                 "selected": {m: load_selected(sweep_dir)[m][tuned[r]] for m in suite.methods}})
-        dirs += run_suite(suite, folder, argv=argv, show_progress=show_progress, log_with=log_with)
+        dirs += run_suite(suite, folder, argv=argv, show_progress=show_progress, log_with=log_with,
+                          executor=executor)  # None or serial: this process; ray / slurm: bench/executors.py
     return dirs

@@ -206,8 +206,10 @@ def test_from_sweep_at_another_budget_and_on_another_reward(swept, tmp_path):
     """The reference results report a selection at two budgets, and trained on the gold itself (ceiling rows)."""
     out, _, _ = swept
     final = tmp_path / "ceiling"
+    pytest.importorskip("ray")
     bench("run", "--from-sweep", str(out), "--seeds", "0", "--methods", "rocm-kl", "--budget", "300nfe",
-          "--rewards", "colorfulness", "--out", str(final), "--no-progress")
+          "--rewards", "colorfulness", "--out", str(final), "--no-progress",
+          "--executor", "ray", "--ray-workers", "1")  # the selected runs handed to an executor
     selected = json.loads((out / "selected.json").read_text())["methods"]["rocm-kl"]["brightness"]
     cfg = json.loads((final / "runs" / "rocm-kl__colorfulness__seed0" / "config.json").read_text())
     assert cfg["budget"]["text"] == "300nfe" and cfg["reward"] == "colorfulness"
