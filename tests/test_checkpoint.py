@@ -58,6 +58,16 @@ def stop_at_save(monkeypatch, n: int) -> None:
     monkeypatch.setattr(checkpoint, "save", save)
 
 
+def stopped_run(monkeypatch, suite: SuiteConfig, out, saves: int = 2):
+    """The run folder of `suite` in `out` stopped (as by a kill) when it asks for checkpoint number saves + 1."""
+    with monkeypatch.context() as m:
+        stop_at_save(m, saves)
+        with pytest.raises(Stop):
+            run_suite(suite, out, show_progress=False)
+    (run,) = (out / "runs").iterdir()
+    return run
+
+
 def assert_identical(a, b) -> None:
     assert rows(a / "eval.jsonl") == rows(b / "eval.jsonl")
     assert rows(a / "train.jsonl") == rows(b / "train.jsonl")
@@ -110,11 +120,7 @@ def test_flop_budget_resumes_bit_identical(tmp_path, monkeypatch):
 @pytest.mark.parametrize("damage", ["garbage", "other-config"])
 def test_unusable_checkpoint_means_redo(tmp_path, monkeypatch, capsys, damage):
     out = tmp_path / "suite"
-    with monkeypatch.context() as m:
-        stop_at_save(m, 2)
-        with pytest.raises(Stop):
-            run_suite(suite_of("rocm-kl"), out, show_progress=False)
-    (run,) = (out / "runs").iterdir()
+    run = stopped_run(monkeypatch, suite_of("rocm-kl"), out)
     if damage == "garbage":
         (run / checkpoint.FILE).write_bytes(b"not a checkpoint")
     else:  # as if the run had been started with another learning rate
@@ -130,11 +136,7 @@ def test_unusable_checkpoint_means_redo(tmp_path, monkeypatch, capsys, damage):
 
 def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "suite"
-    with monkeypatch.context() as m:
-        stop_at_save(m, 2)
-        with pytest.raises(Stop):
-            run_suite(suite_of("d3po"), out, show_progress=False)
-    (run,) = (out / "runs").iterdir()
+    run = stopped_run(monkeypatch, suite_of("d3po"), out)
     before = (run / checkpoint.FILE).read_bytes()
 
     def die(point):
