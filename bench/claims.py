@@ -175,15 +175,21 @@ def sensitivity(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------
-def load_suites(folders: list[Path]) -> tuple[pd.DataFrame, str]:
-    """Every evaluation row of the folders together (runs told apart by method, reward and seed) and the compute
-    axis they share (bench.report.x_column)."""
+def load_suites(folders: list[Path], notes: list[str] | None = None) -> tuple[pd.DataFrame, str]:
+    """Every evaluation row of the folders' finished runs together (runs told apart by method, reward and seed) and
+    the compute axis they share (bench.report.x_column). A run without summary.json (still running, or stopped)
+    is left out, with a line in `notes`: a claim compares whole runs."""
     from bench.report import load_suite, x_column
 
     runs, evs = [], []
     for folder in folders:
         r, e, _ = load_suite(Path(folder))
-        e = e.copy()
+        unfinished = sorted(r.loc[~r["complete"], "run_id"])
+        if unfinished and notes is not None:
+            notes.append(f"left out {len(unfinished)} unfinished run(s) of {folder}: {', '.join(unfinished)}")
+        r, e = r[r["complete"]], e[~e["run_id"].isin(unfinished)].copy()
+        if r.empty:
+            raise BenchError(f"no finished run in {folder}: nothing to claim yet")
         e["run_id"] = str(folder) + "/" + e["run_id"]  # the same method, reward and seed may be in two folders
         runs.append(r)
         evs.append(e)
@@ -329,7 +335,8 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
             raise BenchError("give suite folders, a --sweep folder, or both")
         out.mkdir(parents=True, exist_ok=True)
         return sweep_claims(sweep, out, cfg, ["# Claims (bench claims)\n"])
-    ev, xcol = load_suites([*suites, *ceiling])
+    notes: list[str] = []
+    ev, xcol = load_suites([*suites, *ceiling], notes)
     if cfg.gold not in set(ev["metric"]):
         raise BenchError(f"metric '{cfg.gold}' was not evaluated in these suites (--gold)")
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +349,7 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
     cols = {"method": "method", "reward": "trained on", "threshold": "threshold", "mean": f"mean {xcol}",
             "ci": "95% CI ±", "reached": "seeds reached", "runs": "runs"}
     text = [f"# Claims (bench claims)\n\nCompute axis: {xcol}. Split: {cfg.split}. Base model (fraction 0): "
-            f"{cfg.gold} {base_value(ev, cfg.gold, cfg.split):.4g}.\n"]
+            f"{cfg.gold} {base_value(ev, cfg.gold, cfg.split):.4g}.\n", *(f"Note: {n}.\n" for n in notes)]
     for t in c1:
         text += [f"## C1: compute to first reach {t['metric'].iloc[0]} >= {t['threshold'].iloc[0]:.4g}\n",
                  markdown(t, cols), ""]

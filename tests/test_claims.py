@@ -116,3 +116,18 @@ def test_c4_from_the_published_sweep_alone(tmp_path):
     assert len([line for line in text.splitlines() if line.startswith("| ") and "testbed-pref" in line]) == 14
     with pytest.raises(BenchError, match="give suite folders"):
         write_claims([], tmp_path, ClaimsConfig())
+
+
+def test_unfinished_runs_are_left_out_with_a_note(tmp_path):
+    import shutil
+    suite = tmp_path / "suite"
+    shutil.copytree(FRONTIER / "proxy-beta-3", suite, ignore=shutil.ignore_patterns("report", "samples"))
+    (suite / "runs" / "rocm-kl__testbed-pref__seed2" / "summary.json").unlink()  # as if it were still running
+    write_claims([suite], tmp_path / "claims", ClaimsConfig(budgets=(7500,)))
+    text = (tmp_path / "claims" / "claims.md").read_text()
+    assert "left out 1 unfinished run(s)" in text and "rocm-kl__testbed-pref__seed2" in text
+    assert "| rocm-kl | testbed-pref | 0.7" in text and "| 2 | 2 |" in text  # C1 over the 2 finished seeds
+    for d in (suite / "runs").iterdir():
+        (d / "summary.json").unlink(missing_ok=True)
+    with pytest.raises(BenchError, match="no finished run"):
+        write_claims([suite], tmp_path / "claims", ClaimsConfig(budgets=(7500,)))
