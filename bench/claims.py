@@ -146,18 +146,30 @@ def frontier_peaks(ev: pd.DataFrame, gold: str, split: str, xcol: str) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def value_at(xs, ys, target: float, tolerance: float = 0.05) -> float:
+    """The piecewise-linear curve (xs, ys) at x = target (xs ascending). A run's budget may end a little short
+    of a round target (its last step stops at the budget): within `tolerance` × target past the last point the
+    last value counts; further out, NaN."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if len(xs) == 0 or target < xs[0] or target > xs[-1] + tolerance * target:
+        return math.nan
+    return float(np.interp(target, xs, ys))
+
+
 def at_compute(ev: pd.DataFrame, metrics: list[str], split: str, xcol: str, target: float,
                tolerance: float = 0.05) -> pd.DataFrame:
-    """Per (method, reward): mean and 95% CI over seeds of each metric at the evaluation point nearest `target`
-    compute (a run without a point within `tolerance` × target of it is left out: n says how many count)."""
+    """Per (method, reward): mean and 95% CI over seeds of each metric at exactly `target` compute, linearly
+    interpolated between a run's evaluation points (as C1 is): methods whose steps cost different amounts are
+    evaluated at different compute, so the nearest point would compare, e.g., DDPO at 15.8k with ROCM at 15.2k.
+    A run that ends short of the target (beyond `value_at`'s tolerance) is left out: n says how many count."""
     rows = ev[(ev["split"] == split) & ev["metric"].isin(metrics)]
     out = []
     for (method, reward), g in rows.groupby(["method", "reward"], sort=False):
         row = {"method": method, "reward": reward}
-        near = g.assign(dist=(g[xcol] - target).abs()).sort_values("dist").groupby(["seed", "metric"]).head(1)
-        near = near[near["dist"] <= tolerance * target]
         for m in metrics:
-            mean, ci, n = mean_ci(near[near["metric"] == m]["value"])
+            vals = [value_at(c[xcol], c["value"], target, tolerance)
+                    for _, c in g[g["metric"] == m].sort_values("fraction").groupby("seed")]
+            mean, ci, n = mean_ci(pd.Series(vals, dtype=float))
             row |= {m: mean, f"{m} ci": ci, "n": max(row.get("n", 0), n)}
         out.append(row)
     return pd.DataFrame(out)

@@ -261,7 +261,8 @@ def claims(suites: list[Path] = typer.Argument(None, help="Suite folders of runs
            proxy_gain: float = typer.Option(0.5, help="C1 proxy threshold: base x (1 + this)."),
            split: str = typer.Option("test", help="Split of C1 and the frontier."),
            at: str = typer.Option("", help="Comma-separated compute points (the suites' unit, e.g. 15000,45000) "
-                                           "at which to tabulate every metric.")) -> None:
+                                           "at which to tabulate every metric (each run interpolated "
+                                           "between its evaluation points).")) -> None:
     """The paper's claims C1 (compute to threshold), C4 (sensitivity over sweep trials) and C6 (train-test gap,
     gold-versus-√KL frontier) from suite folders: tables in OUT/claims.md and one plot each (reads files only)."""
     from bench.claims import ClaimsConfig, write_claims

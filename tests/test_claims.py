@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.claims import (ClaimsConfig, at_compute, c1_table, first_crossing, frontier_peaks, gap_curves, sensitivity,
-                          threshold, write_claims)
+                          threshold, value_at, write_claims)
 from bench.cli import app
 from bench.errors import BenchError
 
@@ -77,12 +77,15 @@ def test_sensitivity_spread_ignores_stopped_trials():
     assert s["spread"] == pytest.approx(0.05) and s["median"] == pytest.approx(0.72)
 
 
-def test_at_compute_takes_the_nearest_point_within_tolerance():
+def test_at_compute_interpolates_each_run_to_the_target():
     ev = frame({("a", 0, "test", "g"): [(0, 0, 1.0), (0.5, 98, 1.2), (1, 200, 1.4)],
                 ("a", 1, "test", "g"): [(0, 0, 1.0), (0.5, 102, 1.4), (1, 200, 1.6)],
-                ("a", 2, "test", "g"): [(0, 0, 1.0), (1, 200, 1.6)]})  # no point near 100: left out
+                ("a", 2, "test", "g"): [(0, 0, 1.0), (1, 90, 1.9)]})  # ends short of 100 (beyond 5%): left out
     t = at_compute(ev, ["g"], "test", "nfe", 100).iloc[0]
-    assert t["g"] == pytest.approx(1.3) and t["n"] == 2
+    # seed 0: 1.2 + 2/102 * 0.2; seed 1: 1.0 + 100/102 * 0.4
+    assert t["g"] == pytest.approx((1.2 + 0.2 * 2 / 102 + 1.0 + 0.4 * 100 / 102) / 2) and t["n"] == 2
+    assert value_at([0, 96], [0.0, 2.0], 100) == 2.0  # a budget that ends 4% short: its last value
+    assert math.isnan(value_at([0, 94], [0.0, 2.0], 100)) and math.isnan(value_at([10, 20], [0.0, 1.0], 5))
 
 
 def test_claims_on_published_folders(tmp_path):
