@@ -246,6 +246,8 @@ def plot_c1(tables: list[pd.DataFrame], xcol: str, cfg: ClaimsConfig):
                 color=["tab:orange" if r == cfg.gold else "tab:blue" for r in t["reward"]], alpha=0.8)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
+        ax.set_xlim(left=0)  # compute is >= 0; a 2-seed CI can reach below it
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
         ax.set_xlabel(f"{xcol} to first reach {t['metric'].iloc[0]} >= {t['threshold'].iloc[0]:.4g}")
         ax.set_title(f"C1: compute to threshold ({cfg.split} prompts; k/n seeds reached)", fontsize=9)
     fig.tight_layout()
@@ -376,10 +378,13 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
         "method": "method", "reward": "trained on", "peak_gain": f"peak {cfg.gold} gain", "peak_sqrt_kl": "√KL at peak",
         "peak_x": f"{xcol} at peak", "end_gain": "end gain", "end_sqrt_kl": "√KL at end"}), ""]
     for metric, g in gaps.items():
+        # the base model's own gap (fraction 0: the same images in every run) is what training adds to
         last = g.sort_values("fraction").groupby(["method", "reward"], sort=False).tail(1)
+        last = last.merge(g[g["fraction"] == 0][["method", "reward", "gap"]].rename(columns={"gap": "base_gap"}),
+                          on=["method", "reward"], how="left")
         text += [f"## C6: train − {cfg.split} gap of {metric} at the end of budget\n",
                  markdown(last, {"method": "method", "reward": "trained on", "x": xcol, "gap": "gap",
-                                 "ci": "95% CI ±", "n": "seeds"}), ""]
+                                 "ci": "95% CI ±", "base_gap": "base model's gap", "n": "seeds"}), ""]
     written = [save_fig(plot_c1(c1, xcol, cfg), out / "c1_compute.png"),
                save_fig(plot_gap(gaps, xcol), out / "c6_gap.png"),
                save_fig(plot_frontier(ev, peaks, cfg, xcol), out / "c6_frontier.png")]

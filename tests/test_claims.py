@@ -97,6 +97,7 @@ def test_claims_on_published_folders(tmp_path):
     # the published frontier's peak (results/README.md): +0.0192 gold at kl 1.26 for beta 3
     assert "0.01919" in text
     assert "## Every metric at 7500 nfe" in text
+    assert "| base model's gap |" in text  # C6's gap beside what the base model already had
 
 
 def test_claims_command_errors_in_one_line(tmp_path):
