@@ -394,7 +394,7 @@ def testbed_build(out: Path = typer.Option(None, help="Weights folder (default: 
                   quick: bool = typer.Option(False, help="Tiny versions of every stage (checks the pipeline)."),
                   threads: int = typer.Option(2, min=1, help="Torch threads (1 if the cores are shared)."),
                   reuse_teacher: bool = typer.Option(False, help="Keep the folder's diffusion teacher; rebuild the rest "
-                                                                 "(skips the 18-minute pre-training).")) -> None:
+                                                                 "(skips the 22-minute pre-training).")) -> None:
     """Rebuild every testbed weight from scratch (generator, distillation, classifier, proxy, FID features)."""
     from bench.testbed.build import main as build_main
 
