@@ -259,6 +259,7 @@ def sweep_base(sweep: Path, metric: str) -> float:
     prompts and noise in every one)."""
     from bench.results import read_jsonl
 
+    # every trial run starts from the same base evaluation: a few files give it, the others only repeat it
     values = [r["value"] for f in sorted(Path(sweep).glob("trials/*/trial-*/runs/*/eval.jsonl"))[:4]
               for r in read_jsonl(f) if r.get("fraction") == 0 and r.get("split") == "validation"
               and r.get("metric") == metric]
@@ -342,13 +343,13 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
                  sweep: Path | None = None) -> list[Path]:
     """C1, C4 (when a sweep folder is given) and C6 into `out`; returns the files written."""
     from bench.report_plots import save_fig
-    from bench.results import write_bytes_atomic
 
     if not [*suites, *ceiling]:  # a sweep alone: C4 only
         if sweep is None:
             raise BenchError("give suite folders, a --sweep folder, or both")
         out.mkdir(parents=True, exist_ok=True)
-        return sweep_claims(sweep, out, cfg, ["# Claims (bench claims)\n"])
+        text, png = c4_section(sweep, out, cfg)
+        return write_text(out, ["# Claims (bench claims)\n", *text], [png])
     notes: list[str] = []
     ev, xcol = load_suites([*suites, *ceiling], notes)
     if cfg.gold not in set(ev["metric"]):
@@ -389,24 +390,28 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
                save_fig(plot_gap(gaps, xcol), out / "c6_gap.png"),
                save_fig(plot_frontier(ev, peaks, cfg, xcol), out / "c6_frontier.png")]
     if sweep is not None:
-        return [*sweep_claims(sweep, out, cfg, text), *written]
-    write_bytes_atomic(out / "claims.md", ("\n".join(text) + "\n").encode())
-    return [out / "claims.md", *written]
+        c4_text, png = c4_section(sweep, out, cfg)
+        text, written = [*text, *c4_text], [png, *written]
+    return write_text(out, text, written)
 
 
-def sweep_claims(sweep: Path, out: Path, cfg: ClaimsConfig, text: list[str]) -> list[Path]:
-    """C4 from a sweep folder's trials.csv, appended to `text`; writes claims.md and c4_sensitivity.png."""
+def c4_section(sweep: Path, out: Path, cfg: ClaimsConfig) -> tuple[list[str], Path]:
+    """C4 from a sweep folder's trials.csv: its lines of claims.md, and c4_sensitivity.png (written)."""
     from bench.report_plots import save_fig
-    from bench.results import write_bytes_atomic
 
     trials = read_trials(sweep)
     sens = sensitivity(trials)
     base = sweep_base(sweep, cfg.gold)
-    text = [*text, "## C4: spread of the selection score over sweep trials\n",
+    text = ["## C4: spread of the selection score over sweep trials\n",
             f"Base model: {cfg.gold} {base:.4g} on the validation prompts (fraction 0 of the trials' runs).\n",
-            markdown(sens, {
-        "method": "method", "reward": "trained on", "trials": "trials", "finite": "finite", "min": "min",
-        "median": "median", "max": "max", "spread": "max − min"}), ""]
-    png = save_fig(plot_c4(sens, trials, cfg.gold, base), out / "c4_sensitivity.png")
+            markdown(sens, {"method": "method", "reward": "trained on", "trials": "trials", "finite": "finite",
+                            "min": "min", "median": "median", "max": "max", "spread": "max − min"}), ""]
+    return text, save_fig(plot_c4(sens, trials, cfg.gold, base), out / "c4_sensitivity.png")
+
+
+def write_text(out: Path, text: list[str], written: list[Path]) -> list[Path]:
+    """claims.md from its lines, atomically; returns it first, then the plots already written."""
+    from bench.results import write_bytes_atomic
+
     write_bytes_atomic(out / "claims.md", ("\n".join(text) + "\n").encode())
-    return [out / "claims.md", png]
+    return [out / "claims.md", *written]
