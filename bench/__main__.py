@@ -1,5 +1,5 @@
-"""`python -m bench …` and `accelerate launch -m bench run …` (data parallel, see bench/distributed.py)."""
+"""`python -m bench …` and `accelerate launch -m bench run …` (data parallel, see bench/core/distributed.py)."""
 
-from bench.cli import main
+from bench.cli.main import main
 
 main()

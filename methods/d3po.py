@@ -19,10 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import positive
-from bench.distributed import Dist
-from bench.method import Knob, Method, TrainConfig, check_pair_batch
-from bench.sampler import sample, step_log_prob
+from bench.api import Dist, Knob, Method, TrainConfig, check_pair_batch, positive, sample, step_log_prob
 from methods.losses import d3po_loss
 
 

@@ -18,11 +18,20 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least, multiple_of, positive, stat_counts
-from bench.distributed import Dist
-from bench.errors import BenchError
-from bench.method import Knob, Method, TrainConfig
-from bench.sampler import Trajectory, sample, step_log_prob
+from bench.api import (
+    BenchError,
+    Dist,
+    Knob,
+    Method,
+    TrainConfig,
+    Trajectory,
+    at_least,
+    multiple_of,
+    positive,
+    sample,
+    stat_counts,
+    step_log_prob,
+)
 from methods.losses import PerPromptStatTracker, clip_advantages, ppo_clip_loss
 
 

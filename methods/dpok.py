@@ -6,7 +6,7 @@
 with everything DDPO has (methods/ddpo.py: P prompts x K trajectories sampled without gradient, per-prompt
 advantages, PPO-clip ratio ρ_ik = π_θ / π_θold of stored step k re-scored under the current parameters) and,
 at every stored state x_ik, the divergence between the two Gaussian policies N(μ_θ(x_ik), σ_k² I) and
-N(μ_ref(x_ik), σ_k² I) (methods/divergences.py; KL = ‖μ_θ - μ_ref‖² / 2σ_k²). This is the like-for-like
+N(μ_ref(x_ik), σ_k² I) (bench/core/divergences.py; KL = ‖μ_θ - μ_ref‖² / 2σ_k²). This is the like-for-like
 regularised policy-gradient baseline for ROCM: the same per-step policies and the same f-divergences, the
 regulariser on the states the sampler visited (DPOK's own estimator also uses the stored states), but a
 zeroth-order (score-function) estimate of the reward's gradient instead of ROCM's first-order one.
@@ -39,12 +39,18 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least, one_of
-from bench.distributed import Dist
-from bench.method import Knob
-from bench.sampler import Trajectory, gaussian_log_prob, step_mean
+from bench.api import (
+    DIVERGENCES,
+    Dist,
+    Knob,
+    Trajectory,
+    at_least,
+    gaussian_divergence,
+    gaussian_log_prob,
+    one_of,
+    step_mean,
+)
 from methods.ddpo import DDPO, DDPOConfig
-from methods.divergences import DIVERGENCES, gaussian_divergence
 from methods.losses import regularised_ppo_loss
 
 PER_DIM_SETTINGS = {"auto": None, "true": True, "false": False}
@@ -65,7 +71,7 @@ class DPOKConfig(DDPOConfig):
     {2, 4, 8, 16}) and beta, relative (RELATIVE_KNOBS): 0.1x to 10x the entry's β, log-uniform (as ROCM's:
     one config serves entries of different scales, and β = 0 in an entry fixes it). Another divergence
     (`--set dpok.divergence=js`) has another scale: at small δ, hellinger ≈ δ²/4, js ≈ δ²/8, chi2 ≈ δ² against
-    kl = δ²/2, so set β x 2, x 4, x 0.5 (tv is linear in δ: x 1.3 matched at δ = 1), as bench/registry.py's ROCM
+    kl = δ²/2, so set β x 2, x 4, x 0.5 (tv is linear in δ: x 1.3 matched at δ = 1), as bench/registry/catalog.py's ROCM
     entries are matched.
     """
 
@@ -76,7 +82,7 @@ class DPOKConfig(DDPOConfig):
     """β, the weight of the per-step divergence (dimensionless: the loss is in units of advantage x ratio;
     DPOK's kl_weight 0.01 against reward_weight 100 weighs a squared ε-difference instead). 0: DDPO exactly."""
     divergence: str = "kl"
-    """f-divergence between the per-step Gaussian policies: kl, js, hellinger, tv or chi2 (methods/divergences.py)."""
+    """f-divergence between the per-step Gaussian policies: kl, js, hellinger, tv or chi2 (bench/core/divergences.py)."""
     per_dim: str = "auto"
     """"auto": the per-dimension form (the divergence of each latent dimension, averaged: for KL ‖Δμ‖² / (2σ² D))
     when the sampler reduces log-probabilities by "mean" (the default, as RLCM/DDPO and Flow-GRPO do), so that

@@ -6,7 +6,7 @@ sd_pipeline.py and config/alignprop_config.py at commit b22918a).
     maximise  E[ r(image_θ, c) ]  -  β · E[ Σ_{k in the last K steps} w_k · D_f( π_θ(·|x_k) ‖ π_ref(·|x_k) ) ]
 
 Sampling is ROCM's (methods/rocm.py): reparameterised, fixed noise, the same shared sampler; but only the last K
-of the N steps carry gradient (bench/sampler.py `grad_steps`): the N - K steps before run without gradient, so the
+of the N steps carry gradient (bench/core/sampler.py `grad_steps`): the N - K steps before run without gradient, so the
 state entering the last K steps is a constant and the image depends on θ only through those K evaluations of f_θ.
 K = 1 (DRaFT-1) differentiates through the final x̂_0 = f_θ(x_{τ_1}, τ_1) alone; K >= N is unregularised ROCM.
 This isolates what full-trajectory gradients buy over truncated ones. Unregularised by default (β = 0, as both
@@ -37,11 +37,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least
-from bench.distributed import Dist
-from bench.errors import BenchError
-from bench.method import Knob
-from bench.sampler import SamplerConfig, Trajectory
+from bench.api import BenchError, Dist, Knob, SamplerConfig, Trajectory, at_least
 from methods.rocm import ROCM, ROCMConfig
 
 

@@ -14,7 +14,7 @@ stored state,
 
     L = -mean min(ρ_k A, clip(ρ_k, 1 - ε_c, 1 + ε_c) A)  +  β · mean KL( π_θ(·|x_k) ‖ π_ref(·|x_k) ),
 
-the KL between the two same-σ_k Gaussian policies at the stored state (methods/divergences.py), the reference
+the KL between the two same-σ_k Gaussian policies at the stored state (bench/core/divergences.py), the reference
 mean without gradient. That per-step loss is DPOK's (methods/dpok.py, which this class extends: PPO-clip plus
 β x a per-step divergence); what GRPO changes is where the advantages come from, the shared initial noise and
 the trained fraction of steps. With the sampler's default "mean" reduction of log-probabilities, the loss is
@@ -39,8 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.checks import at_least, in_range
-from bench.errors import BenchError
+from bench.api import BenchError, at_least, in_range
 from methods.dpok import DPOK, DPOKConfig
 from methods.losses import clip_advantages, group_advantages
 

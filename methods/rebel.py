@@ -35,10 +35,19 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least, positive, stat_counts
-from bench.distributed import Dist
-from bench.method import Knob, Method, TrainConfig, check_pair_batch
-from bench.sampler import Trajectory, sample, step_log_prob
+from bench.api import (
+    Dist,
+    Knob,
+    Method,
+    TrainConfig,
+    Trajectory,
+    at_least,
+    check_pair_batch,
+    positive,
+    sample,
+    stat_counts,
+    step_log_prob,
+)
 from methods.losses import PerPromptStatTracker, rebel_loss
 
 
@@ -55,7 +64,7 @@ class REBELConfig(TrainConfig):
         new-policy sum concatenates the minibatch's samples before summing (lines 321-325), mixing the two
         pairs of a minibatch; we sum per trajectory, as its old-policy sum (line 268) and the paper do. Its
         patched scheduler adds noise on the last step too (lcm_scheduler.py lines 437-441, 482-487), so it sums
-        N terms; our sampler's last step is deterministic (bench/sampler.py), so Δ sums the N-1 stochastic ones;
+        N terms; our sampler's last step is deterministic (bench/core/sampler.py), so Δ sums the N-1 stochastic ones;
       - loss = mean((rebel_lr · log_difference - advantage_difference)²), lines 327-331, rebel_lr = η = 1
         (aesthetic.yaml line 23; every task);
       - advantages: PerPromptStatTracker (util/stat_tracking.py, DDPO's) over both halves' rewards and prompts

@@ -6,7 +6,7 @@ One outer step: draw a step j uniformly from {step_min, …, step_max}; run the 
 the state x_j entering step j (counted from the first, noisiest step 0), then take the consistency function's
 prediction there with gradient, decode and score it:
 
-    x̂_0 = f_θ(x_j, τ_j)                    (bench/sampler.py, last_step = j, grad_steps = 1)
+    x̂_0 = f_θ(x_j, τ_j)                    (bench/core/sampler.py, last_step = j, grad_steps = 1)
     loss = scale · mean( relu(shift - r(decode(x̂_0), c)) )  +  γ · mean ‖f_θ(x_j, τ_j) - f_ref(x_j, τ_j)‖² / D
 
 (methods/losses.py refl_loss). ImageReward's ReFL samples 40 DDPM steps, picks j = random.randint(30, 39) (one of
@@ -32,11 +32,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.checks import at_least, positive
-from bench.distributed import Dist
-from bench.errors import BenchError
-from bench.method import Knob, Method, TrainConfig
-from bench.sampler import SamplerConfig, sample
+from bench.api import BenchError, Dist, Knob, Method, SamplerConfig, TrainConfig, at_least, positive, sample
 from methods.losses import refl_loss
 
 

@@ -5,7 +5,7 @@ f-divergence between the trained and the frozen model's per-step Gaussian polici
 
 The image is a differentiable function of θ through every sampling step (reparameterised sampling with
 fixed noise, per-step checkpointing), so the reward must be differentiable. Both policies at a step share
-σ_k, so D_f depends only on δ_k = ‖μ_θ - μ_ref‖ / σ_k (methods/divergences.py). `divergence="none"` (β = 0)
+σ_k, so D_f depends only on δ_k = ‖μ_θ - μ_ref‖ / σ_k (bench/core/divergences.py). `divergence="none"` (β = 0)
 is unregularised ROCM — full-trajectory DRaFT on an LCM (methods/draft.py truncates it to the last K steps:
 DRaFT-K, AlignProp) — the ablation that shows reward hacking.
 
@@ -22,16 +22,20 @@ from typing import ClassVar
 
 import torch
 
-from bench.distributed import Dist
-from bench.checks import at_least, one_of
-from bench.errors import BenchError
-from bench.method import Knob, Method, TrainConfig
-from bench.sampler import Trajectory, sample
-from methods.divergences import (
+from bench.api import (
     DIVERGENCES,
     STEP_WEIGHT_MODES,
+    BenchError,
+    Dist,
+    Knob,
+    Method,
+    TrainConfig,
+    Trajectory,
+    at_least,
     gaussian_divergence,
+    one_of,
     per_dim_default,
+    sample,
     step_weights,
     whole_vector_delta,
 )
@@ -41,7 +45,7 @@ PER_DIM_SETTINGS = {"auto": None, "true": True, "false": False}
 
 @dataclass
 class ROCMConfig(TrainConfig):
-    """ROCM's fields; one config serves every divergence entry of the registry (bench/registry.py).
+    """ROCM's fields; one config serves every divergence entry of the registry (bench/registry/catalog.py).
 
     Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log) and beta, relative (RELATIVE_KNOBS): 0.1x to 10x the entry's
     β, log-uniform, because β's scale differs by orders of magnitude between divergences and between the

@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel
 
-from bench.compute import ComputeMeter
-from bench.errors import BenchError
-from bench.reward import Reward
+from bench.api import BenchError, ComputeMeter, Reward
 from rewards import weights
 from rewards.clip_models import ClipProcessing
 from rewards.imagereward import ScoreMLP  # the same Sequential-indexed Linear stack, dropouts being no-ops

@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
-from bench.compute import ComputeMeter
-from bench.reward import Reward
+from bench.api import ComputeMeter, Reward
 from rewards import weights
 
 

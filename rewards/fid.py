@@ -25,8 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.reward import SetMetric
+from bench.api import BenchError, SetMetric
 from rewards import weights
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, 299, 299) in [0, 255] -> (B, D)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.compute import ComputeMeter
-from bench.reward import Reward
+from bench.api import ComputeMeter, Reward
 from rewards import weights
 
 

@@ -25,9 +25,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # = Ima
 from transformers import BertTokenizer
 from transformers.activations import ACT2FN
 
-from bench.compute import ComputeMeter
-from bench.errors import BenchError
-from bench.reward import Reward
+from bench.api import BenchError, ComputeMeter, Reward
 from rewards import weights
 from rewards.clip_models import clip_preprocess
 

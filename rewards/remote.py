@@ -3,7 +3,7 @@
 The reward lives wherever its own environment does (a detector, an OCR model, a VLM judge, or any reward of
 this suite behind `bench serve-reward`); this client sends each batch's images on the uint8 grid with their
 prompts and receives one float per image and the reward's version. It is not differentiable (pixels are
-quantised and no gradient crosses HTTP), so first-order methods refuse it up front (bench/config.py) and the
+quantised and no gradient crosses HTTP), so first-order methods refuse it up front (bench/run/config.py) and the
 policy-gradient and preference methods use it. The server's compute is not seen by the meter: a remote reward
 charges `reward_calls` (images scored) but 0 FLOPs, so compare methods that use one under nfe or time budgets.
 
@@ -12,7 +12,7 @@ Options go in the URL's query string: `timeout` (seconds a connection or a read 
 1 s, 2 s, ...), `batch` (images per request, default 32) and `format` (`png` or `uint8`, default png). Every
 failure is a one-line BenchError: the server down, too slow, answering with an error, with the wrong number of
 scores, a non-finite score or a changed version. No score is ever made up: the run stops, and re-running the
-suite redoes it (bench/runner.py moves the interrupted run aside).
+suite redoes it (bench/run/runner.py moves the interrupted run aside).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BenchError
-from bench.reward import Reward
-from bench.reward_protocol import FORMATS, PROTOCOL, encode_images, to_uint8
+from bench.api import BenchError, Reward
+from bench.core.reward_protocol import FORMATS, PROTOCOL, encode_images, to_uint8
 
 RETRY_STATUS = (502, 503, 504)  # a proxy or a server that is (re)starting: worth another attempt
 BACKOFF_S = 0.5  # wait before the first retry; doubled for each further one

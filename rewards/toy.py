@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.reward import Reward, SetMetric
-from bench.reward_protocol import to_uint8
+from bench.api import Reward, SetMetric
+from bench.core.reward_protocol import to_uint8
 
 
 class Brightness(Reward):

@@ -17,8 +17,8 @@ import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from bench.errors import BenchError
-from bench.hub import cache_dir, local_snapshot, missing_weights  # one cache resolution for models and rewards
+from bench.api import BenchError
+from bench.core.hub_cache import cache_dir, local_snapshot, missing_weights
 
 CLIP_L14 = "openai/clip-vit-large-patch14"
 PICKSCORE = "yuvalkirstain/PickScore_v1"

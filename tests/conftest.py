@@ -10,7 +10,8 @@ import torch  # noqa: E402
 
 @pytest.fixture
 def tiny_policy():
-    from bench.models import ModelConfig, tiny
+    from bench.core.policy import ModelConfig
+    from bench.core.tiny import tiny
 
     torch.manual_seed(0)
     return tiny(ModelConfig())
@@ -18,7 +19,7 @@ def tiny_policy():
 
 @pytest.fixture
 def train_prompts():
-    from bench.prompts import PROMPT_SETS
+    from bench.prompts.sets import PROMPT_SETS
 
     return PROMPT_SETS["tiny"]["train"][:4]
 
@@ -28,7 +29,7 @@ def bench_cli(monkeypatch, capsys):
     """`bench ARGS` in this process through the real entry point (bench.cli.main): (exit code, stdout, stderr)."""
     import sys
 
-    from bench.cli import main
+    from bench.cli.main import main
 
     def call(*args):
         monkeypatch.setattr(sys, "argv", ["bench", *args])

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import BenchError
-from bench.registry import REWARDS, reward_class
+from bench.core.errors import BenchError
+from bench.registry.catalog import REWARDS
+from bench.registry.lookup import reward_class
 from tests import tiny_hub
 from tests.test_real_rewards import hub, images  # noqa: F401  (fixtures: a temporary HF cache, test images)
 

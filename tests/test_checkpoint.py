@@ -1,4 +1,4 @@
-"""Mid-run checkpoints (bench/checkpoint.py): for every registered method, a run stopped after a checkpoint and
+"""Mid-run checkpoints (bench/run/checkpoint.py): for every registered method, a run stopped after a checkpoint and
 resumed in a fresh policy and method ends bit-identical to an uninterrupted run with the same count budget —
 every eval.jsonl and train.jsonl value except the wall-time `seconds`, and the adapter — with what the resume
 cut from the logs kept aside; an unusable checkpoint means the attempt is moved aside and redone; a save that
@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench import checkpoint
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets
-from bench.registry import METHODS
-from bench.runner import run_suite
+from bench.core.compute import Budget
+from bench.registry.catalog import METHODS
+from bench.run import checkpoint
+from bench.run.config import SuiteConfig, apply_sets
+from bench.run.runner import run_suite
 
 SETS = ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
         "method.batch_size=4", *(f"{f}.{k}=2" for f in ("ddpo", "dpok", "grpo") for k in ("prompts_per_step",
@@ -152,8 +152,8 @@ def test_a_save_that_dies_halfway_leaves_the_previous_checkpoint(tmp_path, monke
 
 
 def test_checkpoint_settings_are_validated_and_not_a_suite_setting(tmp_path):
-    from bench.config import validate
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
+    from bench.run.config import validate
 
     with pytest.raises(BenchError, match="checkpoint.every_steps must be >= 0"):
         validate(suite_of("rocm-kl", sets=["checkpoint.every_steps=-1"]))
@@ -166,7 +166,7 @@ def test_two_process_run_resumes(tmp_path):
     """Under `accelerate launch` (2 CPU processes): process 0 writes the checkpoint with both processes' RNGs and
     meters, and both load it. Killed halfway through its third checkpoint write and rerun, the run continues
     (not redone) and equals an uninterrupted 2-process run: the same steps and NFE, the same adapter (exactly
-    where each process's text-embedding cache came out the same, see bench/checkpoint.py; within float noise
+    where each process's text-embedding cache came out the same, see bench/run/checkpoint.py; within float noise
     otherwise)."""
     import subprocess
 

@@ -1,4 +1,4 @@
-"""bench claims (bench/claims.py): known values for the pure pieces, then the command on published suite folders."""
+"""bench claims (bench/analysis/claims.py): known values for the pure pieces, then the command on published suite folders."""
 
 import math
 from pathlib import Path
@@ -7,10 +7,20 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bench.claims import (ClaimsConfig, at_compute, c1_table, first_crossing, frontier_peaks, gap_curves, sensitivity,
-                          threshold, value_at, write_claims)
-from bench.cli import app
-from bench.errors import BenchError
+from bench.analysis.claims import (
+    ClaimsConfig,
+    at_compute,
+    c1_table,
+    first_crossing,
+    frontier_peaks,
+    gap_curves,
+    sensitivity,
+    threshold,
+    value_at,
+    write_claims,
+)
+from bench.cli.main import app
+from bench.core.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONTIER = ROOT / "results" / "v2-frontier"

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets
-from bench.errors import BenchError
-from bench.runner import run_suite
+from bench.core.compute import Budget
+from bench.core.errors import BenchError
+from bench.run.config import SuiteConfig, apply_sets
+from bench.run.runner import run_suite
 
-BENCH = [sys.executable, "-m", "bench.cli"]
+BENCH = [sys.executable, "-m", "bench.cli.main"]
 SMALL = ["--set", "eval.points=2", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
          "--set", "eval.min_images=0",
          "--set", "method.batch_size=4", "--set", "method.prompts_per_step=2", "--set", "method.samples_per_prompt=2",
@@ -154,8 +154,8 @@ def test_corrupt_results_are_reported_not_overwritten(tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tiny_policy, train_prompts):
-    from bench.reward import Reward
-    from bench.sampler import SamplerConfig
+    from bench.core.reward import Reward
+    from bench.core.sampler import SamplerConfig
     from methods.rocm import ROCM, ROCMConfig
 
     class NaNReward(Reward):

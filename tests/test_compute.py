@@ -12,13 +12,14 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.compute import Budget, ComputeMeter
-from bench.errors import BenchError
-from bench.models import ModelConfig, Policy, guidance_embedding, tiny_vae
-from bench.prompts import PROMPT_SETS
-from bench.registry import method_class
-from bench.reward import Reward
-from bench.sampler import SamplerConfig, sample, step_log_prob
+from bench.core.compute import Budget, ComputeMeter
+from bench.core.errors import BenchError
+from bench.core.policy import ModelConfig, Policy, guidance_embedding
+from bench.core.reward import Reward
+from bench.core.sampler import SamplerConfig, sample, step_log_prob
+from bench.core.tiny import tiny_vae
+from bench.prompts.sets import PROMPT_SETS
+from bench.registry.lookup import method_class
 
 PROMPTS = PROMPT_SETS["tiny"]["train"]
 STEPS = 3  # N: two stochastic steps, so every kind of call (first, middle, last step) occurs
@@ -74,7 +75,7 @@ def hand():
 
 
 def one_step(name: str, **overrides) -> tuple[ComputeMeter, Policy, object]:
-    """A fresh policy and method (as bench/runner.py builds them) after one outer step."""
+    """A fresh policy and method (as bench/run/runner.py builds them) after one outer step."""
     meter = ComputeMeter()
     policy = fresh_policy(meter)
     cls, registered = method_class(name)
@@ -276,7 +277,7 @@ def test_cpu_attention_counted_as_torch_counts_cuda_attention():
     """The CPU flash kernel, which torch's registry misses, gets the formula of the CUDA kernels."""
     from torch.utils.flop_counter import flop_registry
 
-    from bench.compute import EXTRA_FLOP_FORMULAS
+    from bench.core.compute import EXTRA_FLOP_FORMULAS
 
     q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 6)  # (B, H, L|S, E)
     cuda = flop_registry[torch.ops.aten._scaled_dot_product_flash_attention](q, k, v, out_val=None)

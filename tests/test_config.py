@@ -2,9 +2,9 @@
 
 import pytest
 
-from bench.compute import Budget, ComputeMeter
-from bench.config import SuiteConfig, apply_sets, method_config, validate
-from bench.errors import BenchError
+from bench.core.compute import Budget, ComputeMeter
+from bench.core.errors import BenchError
+from bench.run.config import SuiteConfig, apply_sets, method_config, validate
 
 
 @pytest.mark.parametrize("text,kind,amount", [("2000nfe", "nfe", 2000), ("30s", "seconds", 30), ("1.5h", "seconds", 5400),

@@ -1,4 +1,4 @@
-"""Tests of methods/divergences.py: closed forms, numerical integrals, Monte Carlo, gradients at delta = 0, chi2's
+"""Tests of bench/core/divergences.py: closed forms, numerical integrals, Monte Carlo, gradients at delta = 0, chi2's
 linear continuation, the per-dimension default; and ROCM on the tiny model (chi2 at huge drift, its logs)."""
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from scipy.integrate import quad
 from scipy.special import erf, xlogy
 from scipy.stats import norm
 
-from bench.errors import BenchError
-from methods.divergences import (
+from bench.core.divergences import (
     CHI2_LINEAR_D2,
     DIVERGENCES,
     JS_SERIES_MAX_D2,
@@ -28,6 +27,7 @@ from methods.divergences import (
     step_weights,
     whole_vector_delta,
 )
+from bench.core.errors import BenchError
 
 # The f of each divergence, as in docs/methods.md section 2 (numpy, u = likelihood ratio).
 F_OF_U = {
@@ -285,7 +285,7 @@ def test_unknown_names_raise_bench_error_with_hint() -> None:
 
 # ---- ROCM on the tiny model ------------------------------------------------------------------------------------
 def rocm(policy, prompts, **fields):
-    from bench.sampler import SamplerConfig
+    from bench.core.sampler import SamplerConfig
     from methods.rocm import ROCM, ROCMConfig
     from rewards.toy import Brightness
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import schema
+from bench.results import schema
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -49,8 +49,9 @@ def test_the_index_lists_every_page():
 
 
 def test_methods_page_covers_every_method_and_every_option():
-    from bench.registry import METHODS, method_class
-    from bench.sampler import SamplerConfig
+    from bench.core.sampler import SamplerConfig
+    from bench.registry.catalog import METHODS
+    from bench.registry.lookup import method_class
 
     names = backticked("methods.md")
     for method in METHODS:

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
-from bench.registry import knobs_for, method_class
-from bench.sampler import SamplerConfig, sample
-from methods.divergences import gaussian_divergence, step_weights
+from bench.core.divergences import gaussian_divergence, step_weights
+from bench.core.errors import BenchError
+from bench.core.sampler import SamplerConfig, sample
+from bench.registry.lookup import knobs_for, method_class
 from methods.draft import Draft, DraftConfig
 from methods.losses import refl_loss
 from methods.refl import ReFL, ReFLConfig
@@ -131,7 +131,8 @@ def test_truncation_options_refuse_bad_values(tiny_policy, train_prompts):
 @pytest.mark.parametrize("divergence, beta", [("kl", 10.0), ("hellinger", 20.0), ("none", 0.0)])
 def test_rocm_step_unchanged_by_the_factoring(train_prompts, divergence, beta):
     """ROCM.step against its objective written out here, on the same draws: the same weights to the bit."""
-    from bench.models import ModelConfig, tiny
+    from bench.core.policy import ModelConfig
+    from bench.core.tiny import tiny
 
     cfg = ROCMConfig(divergence=divergence, beta=beta, batch_size=4)
     weights = []
@@ -158,7 +159,8 @@ def test_rocm_step_unchanged_by_the_factoring(train_prompts, divergence, beta):
 
 # ---- DRaFT-K, AlignProp, DRaFT-LV -------------------------------------------------------------------------------
 def test_draft_with_k_at_least_n_is_rocm_none(train_prompts):
-    from bench.models import ModelConfig, tiny
+    from bench.core.policy import ModelConfig
+    from bench.core.tiny import tiny
 
     weights = []
     for cls, cfg in ((ROCM, ROCMConfig(divergence="none", beta=0.0, batch_size=4)),
@@ -296,7 +298,7 @@ def test_knobs():
 
 def test_command_line(tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    bench = [sys.executable, "-m", "bench.cli", "run", "--model", "tiny", "--rewards", "brightness", "--seeds", "0",
+    bench = [sys.executable, "-m", "bench.cli.main", "run", "--model", "tiny", "--rewards", "brightness", "--seeds", "0",
              "--budget", "200nfe", "--no-progress", "--set", "eval.points=1", "--set", "eval.min_images=0",
              "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2", "--set", "method.batch_size=4"]
     p = subprocess.run([*bench, "--methods", "draft-k,alignprop,refl", "--out", str(tmp_path / "ok")],

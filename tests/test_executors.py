@@ -1,4 +1,4 @@
-"""Executors (bench/executors.py) on the tiny model: a 4-run suite on a local 2-CPU Ray instance and through
+"""Executors (bench/run/executors.py) on the tiny model: a 4-run suite on a local 2-CPU Ray instance and through
 submitit's local executor (the SLURM path) gives the same eval.jsonl values, summary finals and adapter weights
 as the serial loop; a preempted SLURM job is requeued and resumes; `bench sweep --executor ray` equals a serial
 sweep; concurrent manifest updates and Optuna writers lose nothing; bad options are one line and exit 2.
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets
-from bench.errors import BenchError
-from bench.executors import ExecutorConfig, SlurmRun, check, slurm_executor, torch_threads
-from bench.runner import run_suite, write_manifest
-
+from bench.core.compute import Budget
+from bench.core.errors import BenchError
+from bench.run.config import SuiteConfig, apply_sets
+from bench.run.executors import ExecutorConfig, check, slurm_executor, torch_threads
+from bench.run.launch import SlurmRun, launch
+from bench.run.runner import run_suite, write_manifest
 from tests.conftest import assert_one_line_error
 
 pytest.importorskip("ray")
@@ -90,7 +90,7 @@ def test_ray_with_two_workers_gives_the_serial_results(serial, tmp_path):
 
     out = tmp_path / "suite"
     try:
-        dirs = run_suite(four_runs(), out, argv=["bench", "run", "--executor", "ray"], show_progress=False,
+        dirs = launch(four_runs(), out, argv=["bench", "run", "--executor", "ray"], show_progress=False,
                          executor=RAY)
         assert not ray.is_initialized()  # the local instance it started is shut down
     finally:
@@ -106,19 +106,19 @@ def test_a_failed_ray_run_is_one_line_and_the_others_finish(serial, tmp_path):
     finish; the same command then completes it. Every run equals the serial one."""
     import ray
 
-    from bench.executors import file_lock
+    from bench.results.locks import file_lock
 
     out, argv = tmp_path / "suite", ["bench", "run", "--executor", "ray"]
     try:
         with file_lock(out / ".locks" / "ddpo__brightness__seed1.lock"), pytest.raises(BenchError) as e:
-            run_suite(four_runs(), out, argv=argv, show_progress=False, executor=RAY)
+            launch(four_runs(), out, argv=argv, show_progress=False, executor=RAY)
         assert not ray.is_initialized()  # shut down after a failure too
         assert len(str(e.value).splitlines()) == 1 and "1 of 4 runs failed" in str(e.value)
         assert "ddpo__brightness__seed1" in str(e.value) and "another process" in str(e.value)
         assert sorted(p.name for p in (out / "runs").iterdir()) == ["ddpo__brightness__seed0",
                                                                     "rocm-kl__brightness__seed0",
                                                                     "rocm-kl__brightness__seed1"]
-        run_suite(four_runs(), out, argv=argv, show_progress=False, executor=RAY)
+        launch(four_runs(), out, argv=argv, show_progress=False, executor=RAY)
     finally:
         ray.shutdown()
     assert_same_runs(serial, out)
@@ -128,7 +128,7 @@ def test_a_failed_ray_run_is_one_line_and_the_others_finish(serial, tmp_path):
 @pytest.mark.slow
 def test_slurm_path_with_submitits_local_executor_gives_the_serial_results(serial, tmp_path):
     out = tmp_path / "suite"
-    dirs = run_suite(four_runs(), out, argv=["bench", "run", "--executor", "slurm"], show_progress=False,
+    dirs = launch(four_runs(), out, argv=["bench", "run", "--executor", "slurm"], show_progress=False,
                      executor=SLURM_LOCAL)
     assert len(dirs) == 4
     assert_same_runs(serial, out)
@@ -182,12 +182,12 @@ def append_commands(out: Path, i: int, each: int, start) -> None:
 
 
 def test_concurrent_optuna_writers_in_one_storage_lose_nothing(tmp_path):
-    """Studies of a sweep run side by side share optuna.db (bench.sweep.open_study waits for SQLite's lock)."""
-    from bench.sweep import open_study
+    """Studies of a sweep run side by side share optuna.db (bench.sweep.study.open_study waits for SQLite's lock)."""
+    from bench.sweep.study import open_study
 
-    for k in range(3):  # the driver creates the studies first (bench.sweep.run_studies_on_ray)
+    for k in range(3):  # the driver creates the studies first (bench.sweep.driver.run_studies_on_ray)
         open_study(tmp_path, f"m{k}", "r", True)
-    code = ("import sys; from pathlib import Path; from bench.sweep import open_study\n"
+    code = ("import sys; from pathlib import Path; from bench.sweep.study import open_study\n"
             "s = open_study(Path(sys.argv[1]), sys.argv[2], 'r', True)\n"
             "for i in range(25):\n t = s.ask(); t.set_user_attr('i', i); s.tell(t, float(i))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), f"m{k}"], stderr=subprocess.PIPE,
@@ -201,7 +201,8 @@ def test_concurrent_optuna_writers_in_one_storage_lose_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_on_ray_equals_a_serial_sweep(tmp_path):
-    from bench.sweep import SweepSettings, run_sweep
+    from bench.sweep.driver import run_sweep
+    from bench.sweep.protocol import SweepSettings
 
     def settings():
         return SweepSettings(methods=["rocm-kl", "ddpo"], rewards=["brightness"], model="tiny", budget="200nfe",
@@ -254,7 +255,7 @@ def test_sweep_executor_options_are_checked(bench_cli, tmp_path):
 
 
 def test_torch_threads_follow_omp_num_threads_or_the_cpus_asked_for(monkeypatch):
-    from bench.executors import torch_threads
+    from bench.run.executors import torch_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert torch_threads(1) == 3

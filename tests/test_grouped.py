@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import BenchError
-from bench.sampler import SamplerConfig
+from bench.core.errors import BenchError
+from bench.core.sampler import SamplerConfig
 from methods.ddpo import DDPO, DDPOConfig
 from rewards.toy import Brightness
 
@@ -100,7 +100,7 @@ def test_before_grouping_draws_exactly_as_draw_prompts_did(tiny_policy, many_pro
 
 
 def test_each_sample_of_a_group_has_its_own_noise(tiny_policy, train_prompts) -> None:
-    from bench.sampler import sample
+    from bench.core.sampler import sample
 
     algo = ddpo(tiny_policy, train_prompts, prompts_per_step=2, samples_per_prompt=2, train_batch_size=2)
     prompts = algo.draw_prompt_groups(2, 2)
@@ -121,9 +121,9 @@ def test_batch_size_is_derived_and_an_inconsistent_one_is_an_error(tiny_policy, 
 
 
 def test_set_values_are_resolved_after_they_are_applied() -> None:
-    # bench/config.py builds the config, then applies --set fields: the derived batch must follow them.
-    from bench.compute import Budget
-    from bench.config import SuiteConfig, apply_sets, method_config
+    # bench/run/config.py builds the config, then applies --set fields: the derived batch must follow them.
+    from bench.core.compute import Budget
+    from bench.run.config import SuiteConfig, apply_sets, method_config
 
     suite = SuiteConfig(methods=["ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("100nfe"))
     apply_sets(suite, ["ddpo.prompts_per_step=2", "ddpo.samples_per_prompt=4"])

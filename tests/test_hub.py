@@ -1,5 +1,5 @@
 """Real-model loading, offline: tiny random models of the real classes are saved in the Hugging Face cache
-layout under a temporary HF_HUB_CACHE and loaded through bench.hub's own code path; missing weights name the
+layout under a temporary HF_HUB_CACHE and loaded through bench.models.hub's own code path; missing weights name the
 `bench fetch` command."""
 
 import json
@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from bench.errors import BenchError
-from bench.models import ModelConfig
+from bench.core.errors import BenchError
+from bench.core.policy import ModelConfig
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -60,13 +60,13 @@ def write_model_index(folder, pipeline_class: str):
 
 
 def save_tiny_sd15_with_lcm_lora(cache):
-    """A tiny SD 1.5 (no guidance embedding) and a non-trivial tiny "LCM-LoRA" in the cache, where bench.hub looks;
+    """A tiny SD 1.5 (no guidance embedding) and a non-trivial tiny "LCM-LoRA" in the cache, where bench.models.hub looks;
     returns the UNet with that LoRA applied (the model lcm-lora-sd15 must equal once fused)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from bench.hub import LCM_LORA_SD15, SD15
+    from bench.models.hub import LCM_LORA_SD15, SD15
 
     base = cache_repo(cache, SD15)
     save_tiny_lcm(base, time_cond=None)
@@ -98,14 +98,14 @@ def hf_cache(tmp_path, monkeypatch):
 
 
 def test_missing_weights_name_the_fetch_command(hf_cache):
-    from bench.hub import lcm_dreamshaper_v7
+    from bench.models.hub import lcm_dreamshaper_v7
 
     with pytest.raises(BenchError, match="run: bench fetch lcm-dreamshaper-v7"):
         lcm_dreamshaper_v7(ModelConfig(name="lcm-dreamshaper-v7"))
 
 
 def test_cli_without_weights_fails_with_fetch_message(hf_cache):
-    p = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "lcm-dreamshaper-v7", "--methods", "ddpo",
+    p = subprocess.run([sys.executable, "-m", "bench.cli.main", "run", "--model", "lcm-dreamshaper-v7", "--methods", "ddpo",
                         "--rewards", "brightness", "--out", str(hf_cache / "out"), "--no-progress"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "bench fetch lcm-dreamshaper-v7" in p.stderr and "Traceback" not in p.stderr
@@ -113,8 +113,8 @@ def test_cli_without_weights_fails_with_fetch_message(hf_cache):
 
 
 def test_dreamshaper_loads_from_cache_and_samples_with_gradients(hf_cache):
-    from bench.hub import DREAMSHAPER, lcm_dreamshaper_v7
-    from bench.sampler import SamplerConfig, sample
+    from bench.core.sampler import SamplerConfig, sample
+    from bench.models.hub import DREAMSHAPER, lcm_dreamshaper_v7
 
     save_tiny_lcm(cache_repo(hf_cache, DREAMSHAPER))
     policy = lcm_dreamshaper_v7(ModelConfig(name="lcm-dreamshaper-v7", lora_rank=4, resolution=16))
@@ -128,8 +128,8 @@ def test_dreamshaper_loads_from_cache_and_samples_with_gradients(hf_cache):
 
 def test_lcm_lora_sd15_fuses_the_adapter(hf_cache):
     """SD 1.5 + LCM-LoRA: the fused UNet equals base + LoRA delta, and sampling works without a guidance embedding."""
-    from bench.hub import lcm_lora_sd15
-    from bench.sampler import SamplerConfig, sample
+    from bench.core.sampler import SamplerConfig, sample
+    from bench.models.hub import lcm_lora_sd15
 
     unet = save_tiny_sd15_with_lcm_lora(hf_cache)
     policy = lcm_lora_sd15(ModelConfig(name="lcm-lora-sd15", lora_rank=4, resolution=16))

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.human_eval import analysis, db
 from bench.human_eval.draw import BASE, DrawConfig, draw, read_index
 from bench.human_eval.schedule import balanced_order
-from bench.results import write_json_atomic
+from bench.results.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -41,10 +41,10 @@ SIM_NOISE = 0.05
 
 
 def make_suite(out: Path, model: str, methods: list[str], budget: str, sets: list[str]) -> Path:
-    from bench.compute import Budget
-    from bench.config import SuiteConfig, apply_sets
-    from bench.registry import MODEL_DEFAULTS
-    from bench.runner import run_suite
+    from bench.core.compute import Budget
+    from bench.registry.catalog import MODEL_DEFAULTS
+    from bench.run.config import SuiteConfig, apply_sets
+    from bench.run.runner import run_suite
 
     suite = SuiteConfig(methods=methods, rewards=[MODEL_DEFAULTS[model]["reward"]], seeds=[0],
                         budget=Budget.parse(budget))
@@ -325,7 +325,7 @@ def test_simulated_votes_rank_systems_by_gold(testbed_sim):
 
 
 def test_report_has_a_human_section_when_votes_exist(testbed_sim, tiny_suite, tmp_path):
-    from bench.report import build_report
+    from bench.analysis.report import build_report
 
     suite, _ = testbed_sim
     files = build_report(suite)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.errors import BenchError
-from bench.registry import REWARDS, reward_class
+from bench.core.errors import BenchError
+from bench.registry.catalog import REWARDS
+from bench.registry.lookup import reward_class
 
 
 def ddpo_kb(images: torch.Tensor) -> list[float]:
@@ -56,9 +57,9 @@ def test_sizes_match_the_ddpo_recipe(images):
 
 
 def test_first_order_methods_refuse_incompressibility():
-    from bench.config import SuiteConfig, validate
-    from bench.compute import Budget
-    from bench.models import ModelConfig
+    from bench.core.compute import Budget
+    from bench.core.policy import ModelConfig
+    from bench.run.config import SuiteConfig, validate
 
     suite = SuiteConfig(methods=["rocm-kl"], rewards=["jpeg-incompressibility"], seeds=[0],
                         budget=Budget.parse("100nfe"), model=ModelConfig(name="tiny"))

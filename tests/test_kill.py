@@ -2,7 +2,7 @@
 (ROCM-KL, DDPO, D3PO, ReFL: first-order, policy-gradient, pairwise preference, one-step), a count budget and a
 checkpoint after every step, is run as a subprocess (`python -m bench run …`) and killed — at random moments,
 and deterministically once halfway through writing a checkpoint and once during an evaluation (the test-only
-fault hook BENCH_FAULT, bench/checkpoint.py) — and rerun with the same command after every kill. At the end
+fault hook BENCH_FAULT, bench/run/checkpoint.py) — and rerun with the same command after every kill. At the end
 every run's eval.jsonl and train.jsonl values (all but the wall-time `seconds`), adapter and the `bench report`
 table equal the uninterrupted suite's; every JSON file parses whole; every row a resume cut from a log is kept
 in <log>.after-checkpoint and equals the row recomputed in its place.
@@ -50,8 +50,8 @@ def values(row: dict) -> dict:
 
 
 def report_tables(out: Path) -> tuple[str, list[dict]]:
-    """`bench report`'s Markdown and CSV tables (bench.report.build_report, what it runs), wall time masked."""
-    from bench.report import build_report
+    """`bench report`'s Markdown and CSV tables (bench.analysis.report.build_report, what it runs), wall time masked."""
+    from bench.analysis.report import build_report
 
     build_report(out)
     md = re.sub(r"\d+(\.\d+)? s\b", "<t> s", (out / "report" / "table.md").read_text())

@@ -8,8 +8,9 @@ import dataclasses
 
 import pytest
 
-from bench.errors import BenchError
-from bench.registry import METHODS, knobs_for, method_class
+from bench.core.errors import BenchError
+from bench.registry.catalog import METHODS
+from bench.registry.lookup import knobs_for, method_class
 
 SD_LATENT = 4 * 64 * 64
 
@@ -80,8 +81,9 @@ def test_unknown_method_is_a_bench_error() -> None:
 def test_registered_latent_size_matches_the_built_model(model):
     import math
 
-    from bench.models import ModelConfig
-    from bench.registry import latent_dims, model_builder
+    from bench.core.policy import ModelConfig
+    from bench.registry.catalog import latent_dims
+    from bench.registry.lookup import model_builder
 
     policy = model_builder(model)(ModelConfig(name=model))
     assert latent_dims(model) == math.prod(policy.latent_shape)

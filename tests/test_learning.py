@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets
-from bench.models import ModelConfig
-from bench.runner import run_suite
+from bench.core.compute import Budget
+from bench.core.policy import ModelConfig
+from bench.run.config import SuiteConfig, apply_sets
+from bench.run.runner import run_suite
 
 # (budget, margin). The gain of testbed-pref on the training split (end minus start), measured with this test's
 # evaluation settings (16 training prompts spread evenly over the 90, 2 images each) on the shipped testbed-v2

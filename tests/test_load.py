@@ -94,10 +94,10 @@ def main(out: str, methods: str, seeds: str, budget: str) -> None:
 
     import psutil
 
-    from bench.compute import Budget
-    from bench.config import SuiteConfig, apply_sets, validate
-    from bench.models import ModelConfig
-    from bench.runner import run_spec, suite_specs, write_manifest
+    from bench.core.compute import Budget
+    from bench.core.policy import ModelConfig
+    from bench.run.config import SuiteConfig, apply_sets, validate
+    from bench.run.runner import run_spec, suite_specs, write_manifest
 
     suite = SuiteConfig(methods=methods.split(","), rewards=["brightness"], seeds=[int(s) for s in seeds.split(",")],
                         budget=Budget.parse(budget), model=ModelConfig(name="tiny"))

@@ -1,4 +1,4 @@
-"""`sd15-lcm-random` (bench/models_sd15.py): Stable Diffusion 1.5's architecture and size with random weights.
+"""`sd15-lcm-random` (bench/models/sd15.py): Stable Diffusion 1.5's architecture and size with random weights.
 
 Fast: the modules built on the meta device (no memory) have SD 1.5's parameter counts exactly, the tokenizer is
 CLIP's, and the registry knows the model's latent. Slow: one training step of every method family on the
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from bench.models_sd15 import UNET, VAE, clip_tokenizer, sd15_modules
+from bench.models.sd15 import UNET, VAE, clip_tokenizer, sd15_modules
 
 # Published sizes: stable-diffusion-v1-5's unet 859,520,964, vae 83,653,863, text_encoder 123,060,480; the LCM
 # guidance embedding adds time_embedding.cond_proj, a bias-free Linear(256 -> 320).
@@ -44,9 +44,10 @@ def test_its_tokenizer_is_clips_bpe():
 
 
 def test_the_registry_knows_it():
-    from bench.registry import MODEL_DEFAULTS, latent_dims, model_builder, reward_class
+    from bench.registry.catalog import MODEL_DEFAULTS, latent_dims
+    from bench.registry.lookup import model_builder, reward_class
 
-    assert model_builder("sd15-lcm-random").__module__ == "bench.models_sd15"
+    assert model_builder("sd15-lcm-random").__module__ == "bench.models.sd15"
     assert latent_dims("sd15-lcm-random") == 4 * 64 * 64 and latent_dims("sd15-lcm-random", 64) == 4 * 8 * 8
     assert reward_class(MODEL_DEFAULTS["sd15-lcm-random"]["reward"]).differentiable  # every method can train on it
 
@@ -61,10 +62,10 @@ SMALL = ["model.resolution=64", "sampler.steps=2", "method.batch_size=2", "metho
 def test_one_step_of_every_method_family_on_the_full_size_model():
     """The real architecture through every family's training step (2 images at 64 px, 2 sampling steps): the
     LoRA adapters train, the meter charges the UNet's forwards and backwards. Command: the module docstring."""
-    from bench.compute import ComputeMeter
-    from bench.config import method_config, split_prompts
-    from bench.perf import make_suite
-    from bench.registry import model_builder, reward_class
+    from bench.core.compute import ComputeMeter
+    from bench.perf.setup import make_suite
+    from bench.registry.lookup import model_builder, reward_class
+    from bench.run.config import method_config, split_prompts
 
     suite = make_suite("sd15-lcm-random", FAMILIES, SMALL, "cpu")
     torch.manual_seed(0)

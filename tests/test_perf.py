@@ -7,8 +7,8 @@ import json
 import math
 import statistics
 
-from bench.perf import run_perf
-from bench.perf_memory import own_sets
+from bench.perf.command import run_perf
+from bench.perf.memory import own_sets
 
 METHODS = ["rocm-kl", "ddpo", "d3po"]
 REPEATS = 2  # one pair in each order (step first, bare compute first)

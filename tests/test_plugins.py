@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.api import Knob, Method, Reward, TrainConfig, positive, sample
+from bench.registry import lookup
 from tests.conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +92,8 @@ TINY = ["--model", "tiny", "--seeds", "0", "--no-progress", "--set", "eval.point
 @pytest.fixture
 def registries(monkeypatch):
     """Fresh copies of every registry and of the plugin state, so that what a test registers does not leak."""
-    from bench import plugins, registry
+    from bench.registry import catalog as registry
+    from bench.registry import plugins
 
     for name in ("METHODS", "REWARDS", "SET_METRICS", "MODELS", "MODEL_DEFAULTS"):
         monkeypatch.setattr(registry, name, dict(getattr(registry, name)))
@@ -102,7 +104,7 @@ def registries(monkeypatch):
 
 def test_plugin_method_and_reward_run_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "suite"
-    args = [sys.executable, "-m", "bench.cli", "run", "--methods", f"{HERE}:LastStep", "--rewards",
+    args = [sys.executable, "-m", "bench.cli.main", "run", "--methods", f"{HERE}:LastStep", "--rewards",
             f"{HERE}:RednessReward", "--budget", "24nfe", "--out", str(out), *TINY,
             "--set", "last-step.reward_scale=2", "--set", f"eval.metrics={HERE}:RednessReward,brightness"]
     p = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600,
@@ -140,27 +142,27 @@ def test_a_bad_plugin_is_one_line(registries, bench_cli, tmp_path, args, match):
 
 
 def test_a_plugin_model_and_its_defaults(registries):
-    from bench.cli import suite_from_options
-    from bench.config import metrics_for, validate
-    from bench.errors import BenchError
-    from bench.models import ModelConfig
-    from bench.suite_file import RunOptions
+    from bench.cli.run import suite_from_options
+    from bench.core.errors import BenchError
+    from bench.core.policy import ModelConfig
+    from bench.run.config import metrics_for, validate
+    from bench.run.suite_file import RunOptions
 
     suite, _ = suite_from_options(RunOptions(model=f"{HERE}:tiny_red", methods="ddpo", budget="100nfe"))
     validate(suite)
     assert suite.model.name == "tiny-red" and suite.rewards == ["colorfulness"]  # the builder's declared defaults
     assert metrics_for(suite, "colorfulness") == ["colorfulness", "brightness", "kl-to-base"]
-    assert registries.model_builder("tiny-red")(ModelConfig()).image_size == 8
+    assert lookup.model_builder("tiny-red")(ModelConfig()).image_size == 8
     with pytest.raises(BenchError, match="returned object instead of a bench.api.Policy"):
-        registries.model_builder(f"{HERE}:not_a_policy")(ModelConfig())
+        lookup.model_builder(f"{HERE}:not_a_policy")(ModelConfig())
 
 
 def test_a_declared_name_taken_by_a_builtin_is_refused(registries, monkeypatch):
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
 
     monkeypatch.setattr(LastStep, "name", "ddpo")
     with pytest.raises(BenchError, match="declares the name 'ddpo', already registered to 'methods.ddpo:DDPO'"):
-        registries.find("method", f"{HERE}:LastStep")
+        lookup.find("method", f"{HERE}:LastStep")
 
 
 @pytest.fixture
@@ -172,7 +174,7 @@ def installed(tmp_path, monkeypatch):
     (info / "entry_points.txt").write_text(
         f"[cm_rlhf_bench.methods]\nmy-last-step = {HERE}:LastStep\nbroken = {HERE}:RednessReward\n\n"
         f"[cm_rlhf_bench.rewards]\nmy-redness = {HERE}:RednessReward\n\n"
-        f"[cm_rlhf_bench.models]\nmy-tiny = bench.models:tiny\n")
+        f"[cm_rlhf_bench.models]\nmy-tiny = bench.core.tiny:tiny\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
 
 
@@ -185,19 +187,19 @@ def test_entry_points_appear_in_bench_ls_and_resolve(registries, installed, benc
     assert "Random ~0.8 M-parameter" in lines["my-tiny"]
     assert "not usable" in lines["broken"] and "is not a Method" in lines["broken"]
     # Installed names work like built-in ones (entry-point names name the runs); the contract is checked on use.
-    from bench.compute import Budget
-    from bench.config import SuiteConfig, validate
-    from bench.errors import BenchError
-    from bench.models import ModelConfig
+    from bench.core.compute import Budget
+    from bench.core.errors import BenchError
+    from bench.core.policy import ModelConfig
+    from bench.run.config import SuiteConfig, validate
 
     suite = SuiteConfig(methods=["my-last-step"], rewards=["my-redness"], seeds=[0], budget=Budget.parse("24nfe"),
                         model=ModelConfig(name="my-tiny"))
     validate(suite)
     assert (suite.methods, suite.rewards) == (["my-last-step"], ["my-redness"])
-    cls, _ = registries.method_class("my-last-step")
-    assert cls is LastStep and registries.model_builder("my-tiny")(ModelConfig()).latent_shape == (3, 16, 16)
+    cls, _ = lookup.method_class("my-last-step")
+    assert cls is LastStep and lookup.model_builder("my-tiny")(ModelConfig()).latent_shape == (3, 16, 16)
     with pytest.raises(BenchError, match="method plugin 'tests.test_plugins:RednessReward' is not a Method"):
-        registries.method_class("broken")
+        lookup.method_class("broken")
 
 
 def test_api_exports_only_what_it_imports():

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from bench import prompts_animal_activities as aa
-from bench.errors import BenchError
-from bench.prompts import SPLITS, load_prompts
-from bench.prompts_hub import HUB_PROMPT_SETS, stratified_splits
+from bench.core.errors import BenchError
+from bench.prompts import animal_activities as aa
+from bench.prompts.hub import HUB_PROMPT_SETS, stratified_splits
+from bench.prompts.sets import SPLITS, load_prompts
 from tests import tiny_hub
 
 
@@ -94,9 +94,9 @@ def test_hub_sets_load_from_the_cache_with_stratified_splits(cache, name, n, gro
 
 
 def test_a_suite_on_an_unfetched_set_fails_before_running(cache):
-    from bench.compute import Budget
-    from bench.config import SuiteConfig, apply_sets, validate
-    from bench.models import ModelConfig
+    from bench.core.compute import Budget
+    from bench.core.policy import ModelConfig
+    from bench.run.config import SuiteConfig, apply_sets, validate
 
     suite = SuiteConfig(methods=["ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("50nfe"),
                         model=ModelConfig(name="tiny"))
@@ -118,7 +118,7 @@ def test_bench_fetch_downloads_each_file_of_the_dataset_into_the_cache(cache, mo
     import huggingface_hub
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.cli.main import app
 
     asked = []
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets, eval_prompts, images_per_prompt, split_prompts
-from bench.prompts import PROMPT_SETS, SPLITS
-from bench.runner import PROTOCOL, run_suite
+from bench.core.compute import Budget
+from bench.prompts.sets import PROMPT_SETS, SPLITS
+from bench.run.config import SuiteConfig, apply_sets, eval_prompts, images_per_prompt, split_prompts
+from bench.run.runner import PROTOCOL, run_suite
 
 
 def rows_of(run_dir):

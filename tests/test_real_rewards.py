@@ -22,8 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.errors import BenchError
-from bench.registry import REWARDS, SET_METRICS, metric_class, reward_class
+from bench.core.errors import BenchError
+from bench.registry.catalog import REWARDS, SET_METRICS
+from bench.registry.lookup import metric_class, reward_class
 from tests import tiny_hub
 
 REAL = ["pickscore", "clip", "hpsv2", "hpsv21", "imagereward"]

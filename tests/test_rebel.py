@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 import methods.rebel as rebel_module
-from bench.compute import ComputeMeter
-from bench.errors import BenchError
-from bench.models import ModelConfig, tiny
-from bench.registry import knobs_for, method_class
-from bench.sampler import SamplerConfig, sample
+from bench.core.compute import ComputeMeter
+from bench.core.errors import BenchError
+from bench.core.policy import ModelConfig
+from bench.core.sampler import SamplerConfig, sample
+from bench.core.tiny import tiny
+from bench.registry.lookup import knobs_for, method_class
 from methods.losses import rebel_loss
 from methods.rebel import REBEL, REBELConfig
 from rewards.toy import Brightness

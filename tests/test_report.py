@@ -1,9 +1,10 @@
-"""bench.report, bench.judge and the results schema (bench.schema) the runner writes and the report reads.
+"""bench.analysis.report, bench.analysis.judge and the results schema (bench.results.schema) the runner writes and the report reads.
 
 The report's outputs, its index, its frontier plot and its hacking flags are checked on a suite folder written by
 the real `bench run` on the tiny model, twice into one folder (seed 0, then seed 1 added: a module fixture, ~30 s),
-and on a copy of two runs of the published protocol-1 results/testbed; every published manifest is read.
-Hand-made folders only test tolerance of odd files (corrupt, torn, empty, interrupted); bench.judge's pure
+and on two runs of a protocol-1 suite once published in results/testbed (kept in tests/data/protocol1-testbed); every
+published manifest, and the old-schema ones kept in tests/data/old-manifests, is read.
+Hand-made folders only test tolerance of odd files (corrupt, torn, empty, interrupted); bench.analysis.judge's pure
 functions are checked on small hand-made frames with known answers.
 """
 
@@ -24,11 +25,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import judge, schema
-from bench.errors import BenchError
-from bench.registry import MODEL_DEFAULTS
-from bench.report import build_report, tex_escape
-from bench.results import append_jsonl, read_json, read_jsonl, run_id, write_json_atomic
+from bench.analysis import judge
+from bench.analysis.report import build_report
+from bench.analysis.table import tex_escape
+from bench.core.errors import BenchError
+from bench.registry.catalog import MODEL_DEFAULTS
+from bench.results import schema
+from bench.results.io import append_jsonl, read_json, read_jsonl, run_id, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["rocm-kl", "rocm-none", "ddpo"]
@@ -42,8 +45,8 @@ T_975_1DOF = math.tan(math.pi * (0.975 - 0.5))  # Student t with 1 dof is the Ca
 def small_sets(methods: list[str]) -> list[str]:
     """`--set` values that make the suite cheap, for the fields the config classes have right now (the runner
     and the methods change under this test: DDPO's batch is prompts_per_step x samples_per_prompt)."""
-    from bench.config import EvalConfig
-    from bench.registry import method_class
+    from bench.registry.lookup import method_class
+    from bench.run.config import EvalConfig
 
     have = {f.name for f in dataclasses.fields(EvalConfig)}
     small = (("points", 2), ("max_prompts", 2), ("samples_per_prompt", 2), ("min_images", 4))
@@ -61,7 +64,7 @@ def small_sets(methods: list[str]) -> list[str]:
 
 def bench_run(*args: str) -> list[str]:
     """`bench run ARGS` through the real command line, in this process (no interpreter start-up); its argv."""
-    from bench.cli import app
+    from bench.cli.main import app
 
     argv = ["bench", "run", *args]
     with pytest.MonkeyPatch.context() as mp:
@@ -152,7 +155,7 @@ def test_writes_every_output(runner_report):
 
 def test_frontier_has_one_panel_per_untrained_metric(runner_report):
     suite, _ = runner_report
-    from bench.report_plots import frontier_metrics
+    from bench.analysis.plots import frontier_metrics
 
     ev = pd.concat(run_frames(suite).values()).assign(reward=REWARD)
     panels = frontier_metrics(ev, REWARD, split_of(run_frames(suite)))
@@ -231,7 +234,7 @@ def test_incomplete_run_is_marked_and_counts_where_it_stopped(runner_suite, tmp_
 
 
 def test_imports_no_torch(runner_suite, tmp_path):
-    code = ("import sys; from pathlib import Path; from bench.report import build_report; "
+    code = ("import sys; from pathlib import Path; from bench.analysis.report import build_report; "
             f"build_report(Path({str(runner_suite)!r}), Path({str(tmp_path)!r})); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -298,11 +301,13 @@ def test_a_schema_0_manifest_is_resumed_with_its_command_kept(runner_commands, t
 
 
 def test_every_published_manifest_is_read():
-    """results/ holds protocol-1 and protocol-2 folders of schema 0 (never rewritten): each gives its budget and
-    its commands, a hand-merged one ("merged_from") all of them; newer folders (and a local results/default from
-    `make bench`) are in the current schema, whose commands are read as written."""
-    manifests = sorted((REPO / "results").glob("**/manifest.json"))
-    assert manifests
+    """Folders once published in results/ were protocol-1 and protocol-2 folders of schema 0 (never rewritten; their
+    manifests are kept in tests/data): each gives its budget and its commands, a hand-merged one ("merged_from") all
+    of them; newer folders (and a local results/default from `make bench`) are in the current schema, whose commands
+    are read as written."""
+    old = sorted((REPO / "tests/data/old-manifests").glob("*.json")) + [REPO / "tests/data/protocol1-testbed/manifest.json"]
+    manifests = sorted((REPO / "results").glob("**/manifest.json")) + old
+    assert manifests and old
     for path in manifests:
         data = read_json(path)
         man = schema.Manifest.from_json(data, path)
@@ -324,8 +329,9 @@ def test_a_newer_schema_is_refused_in_one_line():
 # ------------------------------------------------------------------------- a published protocol-1 folder
 
 def test_old_protocol_folder(tmp_path):
-    """Two runs of results/testbed (protocol 1: train and heldout splits, no protocol field, no flops)."""
-    src, suite = REPO / "results" / "testbed", tmp_path / "testbed"
+    """Two runs of the protocol-1 suite once published as results/testbed (train and heldout splits, no protocol
+    field, no flops), kept in tests/data/protocol1-testbed."""
+    src, suite = REPO / "tests" / "data" / "protocol1-testbed", tmp_path / "testbed"
     (suite / "runs").mkdir(parents=True)
     shutil.copy(src / "manifest.json", suite)
     for name in ("rocm-kl__testbed-pref__seed1", "rocm-none__testbed-pref__seed1"):
@@ -412,7 +418,7 @@ def test_tex_escape():
 
 
 def test_mean_ci_text_has_decimals_the_ci_needs_and_no_more():
-    from bench.report_table import pm
+    from bench.analysis.table import pm
 
     assert pm(65.7, 1.7) == "65.7 ± 1.7"
     assert pm(0.236, 0.004) == "0.236 ± 0.004"
@@ -422,7 +428,7 @@ def test_mean_ci_text_has_decimals_the_ci_needs_and_no_more():
 
 
 def test_x_axis_is_the_budget_counter():
-    from bench.report import x_column
+    from bench.analysis.report import x_column
 
     ev = pd.DataFrame({"flops": [1e12, 2e12]})
     assert x_column(pd.DataFrame({"budget_kind": ["nfe", "nfe"]}), ev) == "nfe"
@@ -431,7 +437,7 @@ def test_x_axis_is_the_budget_counter():
     assert x_column(pd.DataFrame({"budget_kind": ["nfe", "seconds"]}), ev) == "seconds"
 
 
-# ------------------------------------------------------------------------------- bench.judge on known answers
+# ------------------------------------------------------------------------------- bench.analysis.judge on known answers
 
 def frame(points: dict[float, dict[str, tuple[float, float]]], split: str = "test") -> pd.DataFrame:
     """{fraction: {metric: (value, stderr)}} -> eval rows; "fid" and "kl-to-base" are lower-is-better."""

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets, validate
-from bench.errors import BenchError
-from bench.models import ModelConfig
-from bench.registry import reward_class
-from bench.reward_server import RewardServer
-from bench.runner import run_suite
+from bench.core.compute import Budget
+from bench.core.errors import BenchError
+from bench.core.policy import ModelConfig
+from bench.registry.lookup import reward_class
+from bench.run.config import SuiteConfig, apply_sets, validate
+from bench.run.runner import run_suite
+from bench.serve.server import RewardServer
 
 NAME = "jpeg-incompressibility"
 SETS = ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
@@ -196,7 +196,7 @@ def test_killed_server_stops_the_run_and_the_suite_resumes(serve, tmp_path):
     line; with a server back on the same port, the same suite redoes the run (moving the attempt aside)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/{NAME}?retries=1"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "serve-reward", NAME, "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli.main", "serve-reward", NAME, "--port", str(port),
                              "--device", "cpu"], env=os.environ | {"OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, suite = tmp_path / "suite", suite_for(url)

@@ -1,13 +1,13 @@
 """The shared sampler: equal to LCMScheduler step for step, correct log-probabilities, exact re-scoring,
 reparameterised gradients identical with and without checkpointing, and compute charged where it happens."""
 
+import diffusers.schedulers.scheduling_lcm as scheduling_lcm
 import pytest
 import torch
 from diffusers import LCMScheduler
 
-import diffusers.schedulers.scheduling_lcm as scheduling_lcm
-from bench.models import guidance_embedding
-from bench.sampler import SamplerConfig, gaussian_log_prob, sample, step_log_prob, step_mean
+from bench.core.policy import guidance_embedding
+from bench.core.sampler import SamplerConfig, gaussian_log_prob, sample, step_log_prob, step_mean
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])

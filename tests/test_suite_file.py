@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import suite_file
-from bench.cli import suite_from_options
-from bench.config import method_config, to_dict, validate
+from bench.cli.run import suite_from_options
+from bench.run import suite_file
+from bench.run.config import method_config, to_dict, validate
 from tests.conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_the_file_and_the_equivalent_flags_give_the_same_config(tmp_path):
 def test_flags_override_the_file(tmp_path, bench_cli, monkeypatch):
     path = write(tmp_path, FILE.format(out=tmp_path / "from-file"))
     seen = {}
-    monkeypatch.setattr("bench.runner.run_suite", lambda suite, out, **kw: seen.update(suite=suite, out=out) or [])
+    monkeypatch.setattr("bench.run.launch.launch", lambda suite, out, **kw: seen.update(suite=suite, out=out) or [])
     code, _, err = bench_cli("run", "--config", str(path), "--seeds", "7", "--methods", "ddpo", "--out",
                              str(tmp_path / "flag"), "--set", "sampler.steps=2", "--set", "ddpo.clip_range=0.01")
     assert code == 0, err

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import BenchError
-from bench.method import Knob
-from bench.sweep import grid_points, run_score, selection_metric
-from bench.sweep_results import best_trial
+from bench.core.errors import BenchError
+from bench.core.method import Knob
+from bench.sweep.outputs import best_trial
+from bench.sweep.protocol import grid_points, run_score, selection_metric
 
-BENCH = [sys.executable, "-m", "bench.cli"]
+BENCH = [sys.executable, "-m", "bench.cli.main"]
 
 TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress",
         "--set", "eval.points=1", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
@@ -105,13 +105,14 @@ def test_score_is_the_validation_metric_at_the_last_point(tmp_path):
 
 
 def test_a_diverged_trial_counts_and_scores_worst(monkeypatch, tmp_path):
-    import bench.runner
-    from bench.sweep import SweepSettings, run_trial
+    import bench.run.runner
+    from bench.sweep.protocol import SweepSettings
+    from bench.sweep.study import run_trial
 
     def diverge(*args, **kwargs):
         raise BenchError("rocm-kl: non-finite loss (nan) at step 3; lower the learning rate")
 
-    monkeypatch.setattr(bench.runner, "run_suite", diverge)
+    monkeypatch.setattr(bench.run.runner, "run_suite", diverge)
     s = SweepSettings(methods=["rocm-kl"], rewards=["brightness"], model="tiny", budget="200nfe", trials=2,
                       sampler="tpe", sweep_seeds=[100], select={"brightness": "colorfulness"})
     attrs = run_trial(s, "rocm-kl", "brightness", {"lr": 1.0}, tmp_path, [])
@@ -120,7 +121,7 @@ def test_a_diverged_trial_counts_and_scores_worst(monkeypatch, tmp_path):
     def mistake(*args, **kwargs):
         raise BenchError("corrupt results file x")
 
-    monkeypatch.setattr(bench.runner, "run_suite", mistake)
+    monkeypatch.setattr(bench.run.runner, "run_suite", mistake)
     with pytest.raises(BenchError, match="corrupt"):  # a mistake to fix stops the sweep
         run_trial(s, "rocm-kl", "brightness", {"lr": 1.0}, tmp_path, [])
 
@@ -128,8 +129,9 @@ def test_a_diverged_trial_counts_and_scores_worst(monkeypatch, tmp_path):
 def test_stopped_trials_are_counted_but_never_selected(tmp_path):
     import optuna
 
-    from bench.sweep import SweepSettings, open_study
-    from bench.sweep_results import write_outputs
+    from bench.sweep.outputs import write_outputs
+    from bench.sweep.protocol import SweepSettings
+    from bench.sweep.study import open_study
 
     s = SweepSettings(methods=["ddpo"], rewards=["brightness"], model="tiny", budget="200nfe", trials=2,
                       sampler="random", sweep_seeds=[100], select={"brightness": "colorfulness"})
@@ -221,7 +223,7 @@ def test_from_sweep_at_another_budget_and_on_another_reward(swept, tmp_path):
 
 def cli_error(capsys, monkeypatch, *args) -> str:
     """Run the CLI in this process (no interpreter start-up); it must exit 2 with one line `error: ...`."""
-    from bench.cli import main
+    from bench.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["bench", *args])
     capsys.readouterr()

@@ -12,16 +12,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from bench.errors import BenchError
-from bench.models import ModelConfig
-from bench.prompts import load_prompts
-from bench.registry import MODEL_DEFAULTS, metric_class, model_builder, reward_class
-from bench.sampler import SamplerConfig, sample
+from bench.core.errors import BenchError
+from bench.core.policy import ModelConfig
+from bench.core.sampler import SamplerConfig, sample
+from bench.prompts.sets import load_prompts
+from bench.prompts.testbed import (
+    ALL_COMBOS,
+    COLOUR_PAIRS,
+    HELDOUT_COMBOS,
+    HELDOUT_PROMPTS,
+    TRAIN_PROMPTS,
+    make_prompt,
+    parse_prompt,
+)
+from bench.registry.catalog import MODEL_DEFAULTS
+from bench.registry.lookup import metric_class, model_builder, reward_class
 from bench.testbed.evaluators import attribute_accuracy
 from bench.testbed.nets import WEIGHTS_DIR, AttributeClassifier, ClassifierSpec, load_module
 from bench.testbed.world import attributes, heldout_real
-from bench.testbed.world_prompts import (ALL_COMBOS, COLOUR_PAIRS, HELDOUT_COMBOS, HELDOUT_PROMPTS, TRAIN_PROMPTS,
-                                         make_prompt, parse_prompt)
 
 REWARDS = ["testbed-align", "testbed-pref", "testbed-gold"]
 BAD_PROMPTS = ["a photo of a cat", "a white seven on a white background", "a red seven on a blue wall", ""]
@@ -188,7 +196,7 @@ def test_shipped_weights_are_small():
 
 
 def test_x0_from_output_inverts_the_forward_process():
-    from bench.models import x0_from_output
+    from bench.core.policy import x0_from_output
     from bench.testbed.generator import alphas_cumprod
 
     gen = torch.Generator().manual_seed(0)
@@ -202,7 +210,7 @@ def test_x0_from_output_inverts_the_forward_process():
 
 
 def test_unreadable_or_missing_weights_are_bench_errors(tmp_path):
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from bench.testbed.nets import load_weights
 
     with pytest.raises(BenchError, match="not found"):

@@ -1,4 +1,4 @@
-"""Experiment trackers (bench/trackers.py): `bench run --log-with tensorboard` writes the run's training scalars,
+"""Experiment trackers (bench/run/trackers.py): `bench run --log-with tensorboard` writes the run's training scalars,
 evaluation metrics and sample grids into an event file that TensorBoard's own reader reads back equal to the
 run's files; bad tracker names are one-line errors, and a failing tracker never costs a result."""
 
@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from bench import trackers
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets
-from bench.errors import BenchError
-from bench.runner import run_suite
+from bench.core.compute import Budget
+from bench.core.errors import BenchError
+from bench.run import trackers
+from bench.run.config import SuiteConfig, apply_sets
+from bench.run.runner import run_suite
 
 SMALL = ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0", "method.batch_size=4"]
 
@@ -35,7 +35,7 @@ def test_tensorboard_event_file_holds_the_runs_scalars_metrics_and_grids(tmp_pat
 
     out = tmp_path / "suite"
     sets = [a for s in SMALL for a in ("--set", s)]
-    p = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "tiny", "--methods", "rocm-kl",
+    p = subprocess.run([sys.executable, "-m", "bench.cli.main", "run", "--model", "tiny", "--methods", "rocm-kl",
                         "--rewards", "brightness", "--budget", "300nfe", "--out", str(out), "--no-progress",
                         "--log-with", "tensorboard", *sets], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
@@ -76,7 +76,7 @@ def test_tracker_names_are_checked_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(trackers, "find_spec", lambda module: None)
     with pytest.raises(BenchError, match="the wandb package is not installed; run: pip install wandb"):
         trackers.parse_log_with("wandb")
-    p = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "tiny", "--log-with", "tensorbord",
+    p = subprocess.run([sys.executable, "-m", "bench.cli.main", "run", "--model", "tiny", "--log-with", "tensorbord",
                         "--out", str(tmp_path / "never")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "did you mean 'tensorboard'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()

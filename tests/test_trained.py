@@ -1,4 +1,4 @@
-"""Using a trained run (bench/trained.py): `bench export` writes a LoRA that diffusers' own pipeline loads and
+"""Using a trained run (bench/run/trained.py): `bench export` writes a LoRA that diffusers' own pipeline loads and
 samples exactly as the bench sampler does with the trained adapter (same initial latents, same step noise), and
 `bench sample` draws images for new prompts; bad folders and torn adapters are one-line errors."""
 
@@ -10,15 +10,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.compute import Budget
-from bench.config import SuiteConfig, apply_sets
-from bench.errors import BenchError
-from bench.runner import run_suite
-from bench.sampler import sample
-from bench.trained import LORA_WEIGHTS, export, load_policy, open_run
-from bench.trained import sample as sample_run
-from tests.test_hub import (SNAPSHOT, cache_repo, hf_cache, save_tiny_lcm,  # noqa: F401 - hf_cache: a fixture
-                             save_tiny_sd15_with_lcm_lora, write_model_index)
+from bench.core.compute import Budget
+from bench.core.errors import BenchError
+from bench.core.sampler import sample
+from bench.run.config import SuiteConfig, apply_sets
+from bench.run.runner import run_suite
+from bench.run.trained import LORA_WEIGHTS, export, load_policy, open_run
+from bench.run.trained import sample as sample_run
+from tests.test_hub import (  # noqa: F401 - hf_cache: a fixture
+    SNAPSHOT,
+    cache_repo,
+    hf_cache,
+    save_tiny_lcm,
+    save_tiny_sd15_with_lcm_lora,
+    write_model_index,
+)
 
 TINY_RUN = ["eval.points=1", "eval.max_prompts=1", "eval.samples_per_prompt=1", "eval.min_images=0",
             "method.batch_size=2"]
@@ -48,7 +54,7 @@ def test_exported_lora_draws_the_bench_samplers_images_in_diffusers(model, hf_ca
     from diffusers import LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline
     from diffusers.schedulers import scheduling_lcm
 
-    from bench.hub import DREAMSHAPER, LCM_LORA_SD15, SD15
+    from bench.models.hub import DREAMSHAPER, LCM_LORA_SD15, SD15
 
     if model == "lcm-dreamshaper-v7":
         base = cache_repo(hf_cache, DREAMSHAPER)
@@ -129,7 +135,7 @@ def test_bench_sample_writes_images_and_a_grid(tiny_run, tmp_path):
 def test_export_and_sample_commands(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
-    from bench.cli import app
+    from bench.cli.main import app
 
     run_dir = tiny_run
     cli = CliRunner()
@@ -156,7 +162,7 @@ def test_bad_run_folders_and_torn_adapters_are_one_line_errors(tmp_path):
     (run_dir / "adapter.safetensors").unlink()
     with pytest.raises(BenchError, match="has no trained adapter"):
         export(run_dir, tmp_path / "lora")
-    p = subprocess.run([sys.executable, "-m", "bench.cli", "sample", str(run_dir), "--prompt", "a cat", "--out",
+    p = subprocess.run([sys.executable, "-m", "bench.cli.main", "sample", str(run_dir), "--prompt", "a cat", "--out",
                         str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "has no trained adapter" in p.stderr, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1

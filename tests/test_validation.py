@@ -1,11 +1,11 @@
 """Validation up front: every method entry's config (after `--set`) is checked before the first run starts, by
-the shared rules of bench/checks.py. Each case goes through `bench run` with a valid method first in the
+the shared rules of bench/core/checks.py. Each case goes through `bench run` with a valid method first in the
 suite: a bad value of a later entry is exit 2, one line, and no suite folder written (no run started)."""
 
 import pytest
 
-from bench import checks
-from bench.errors import BenchError
+from bench.core import checks
+from bench.core.errors import BenchError
 from tests.conftest import assert_one_line_error
 
 TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress", "--set", "eval.points=1"]

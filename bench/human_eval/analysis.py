@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.human_eval import db
 from bench.human_eval.draw import BASE, images_path
-from bench.results import read_json, write_json_atomic
+from bench.results.io import read_json, write_json_atomic
 
 Z95 = 1.959963984540054
 RIDGE = 0.01  # precision of the Gaussian prior on Bradley-Terry scores (sd 10 in log-odds)

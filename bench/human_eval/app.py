@@ -24,7 +24,7 @@ import socket
 import threading
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.human_eval import db
 from bench.human_eval.draw import images_path, read_index
 from bench.human_eval.page import PAGE

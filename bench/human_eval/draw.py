@@ -5,7 +5,7 @@ the method.
 A *system* is one (method, training reward) of the suite, its adapter taken from the lowest seed of its
 complete runs (`summary.json` and `adapter.safetensors` present), plus `base` (the model with adapters off).
 Its name is the method, or `method@reward` when the suite trained on several rewards. The noise comes from
-`bench.evaluate.draw_images` with one seed: the same prompt list in the same order gives every system the same
+`bench.run.evaluate.draw_images` with one seed: the same prompt list in the same order gives every system the same
 noise for image (prompt i, sample k). Every image is also scored by every per-image metric of the runs (the
 automatic metrics that analysis.py compares with the raters).
 
@@ -25,9 +25,9 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.human_eval import FOLDER
-from bench.results import read_json, write_bytes_atomic, write_json_atomic
+from bench.results.io import read_json, write_bytes_atomic, write_json_atomic
 
 BASE = "base"
 """The system name of the base model (adapters disabled)."""
@@ -122,13 +122,13 @@ def draw(suite_dir: Path, cfg: DrawConfig = DrawConfig(), log=print) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from bench.compute import ComputeMeter
-    from bench.evaluate import draw_images
-    from bench.models import ModelConfig
-    from bench.registry import is_remote, metric_class, model_builder
-    from bench.reward import Reward
-    from bench.runner import resolve_device
-    from bench.sampler import SamplerConfig
+    from bench.core.compute import ComputeMeter
+    from bench.core.device import resolve_device
+    from bench.core.policy import ModelConfig
+    from bench.core.reward import Reward
+    from bench.core.sampler import SamplerConfig
+    from bench.registry.lookup import is_remote, metric_class, model_builder
+    from bench.run.evaluate import draw_images
 
     device = resolve_device(cfg.device)
     meter = ComputeMeter()

@@ -15,7 +15,7 @@ import random
 import uuid
 from dataclasses import dataclass
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 @dataclass
@@ -51,8 +51,9 @@ def simulate(base_url: str, model: str, cfg: SimConfig, token: str | None = None
     import httpx
     import torch
 
-    from bench.registry import MODEL_DEFAULTS, metric_class
-    from bench.reward import Reward
+    from bench.core.reward import Reward
+    from bench.registry.catalog import MODEL_DEFAULTS
+    from bench.registry.lookup import metric_class
 
     if cfg.votes < 1:
         raise BenchError(f"--simulate must be >= 1 votes, got {cfg.votes}")

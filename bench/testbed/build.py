@@ -23,18 +23,18 @@ from pathlib import Path
 
 import torch
 
-from bench.models import ModelConfig
+from bench.core.errors import BenchError
+from bench.core.policy import ModelConfig
+from bench.prompts.testbed import PRETRAIN_IMAGES
 from bench.testbed.distill import DistillConfig, distill
 from bench.testbed.evaluators import EvaluatorConfig, train_classifier, train_features
 from bench.testbed.generator import GeneratorSpec, PretrainConfig, pretrain
 from bench.testbed.gold import GoldSpec, templates_from
-from bench.errors import BenchError
 from bench.testbed.model import TEACHER_NAME, WEIGHTS_NAME, load_parts, policy_from, save_generator
-from bench.testbed.nets import ClassifierSpec, FeatureSpec, PreferenceSpec, WEIGHTS_DIR, save_module, save_weights
+from bench.testbed.nets import WEIGHTS_DIR, ClassifierSpec, FeatureSpec, PreferenceSpec, save_module, save_weights
 from bench.testbed.preference import PreferenceConfig, train_proxy
 from bench.testbed.quality import QualityConfig, quality_table
 from bench.testbed.world import digit_masks
-from bench.testbed.world_prompts import PRETRAIN_IMAGES
 
 
 @dataclass
@@ -131,7 +131,10 @@ def build_all(out_dir: Path, seed: int = 0, quick: bool = False, log=print, conf
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the shipped weights)")
+    parser.add_argument("--out", type=Path, default=Path("testbed-weights"),
+                        help="output folder (default: testbed-weights in the working directory)")
+    parser.add_argument("--replace-shipped", action="store_true",
+                        help="allow --out to be the shipped weights folder (bench/testbed/weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny versions of every stage (pipeline test)")
     parser.add_argument("--reuse-teacher", action="store_true",
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.out.resolve() == WEIGHTS_DIR.resolve() and not args.replace_shipped:
+        raise BenchError(f"--out {args.out} is the shipped testbed weights, which every published number was made "
+                         f"with; write elsewhere, or pass --replace-shipped to overwrite them")
     torch.set_num_threads(args.threads)
     build_all(args.out, args.seed, args.quick, reuse_teacher=args.reuse_teacher)
 

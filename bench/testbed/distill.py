@@ -10,7 +10,7 @@ Per step, for a batch of real images x_0 and prompts c:
     loss = d( f_θ(x_t, t, c, w), f_θ⁻(x̂_{t-k}, t-k, c, w) )              pseudo-Huber d
     θ⁻ ← μ θ⁻ + (1 - μ) θ                                                 EMA target network
 where f(x, t) = c_skip(t) x + c_out(t) x̂_0(x, t) with LCMScheduler's `get_scalings_for_boundary_condition_
-discrete` — exactly the consistency function `bench.models.Policy.consistency` evaluates. The student starts
+discrete` — exactly the consistency function `bench.core.policy.Policy.consistency` evaluates. The student starts
 as the teacher plus a zero-initialised guidance projection, so at step 0 it *is* the teacher.
 """
 
@@ -23,11 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.models import guidance_embedding, x0_from_output
-from bench.testbed.generator import (GeneratorSpec, TextEncoder, alphas_cumprod, build_unet, ema_update,
-                                     lr_lambda)
+from bench.core.policy import guidance_embedding, x0_from_output
+from bench.prompts.testbed import PRETRAIN_IMAGES, TRAIN_COMBOS
+from bench.testbed.generator import GeneratorSpec, TextEncoder, alphas_cumprod, build_unet, ema_update, lr_lambda
 from bench.testbed.world import DigitSampler
-from bench.testbed.world_prompts import PRETRAIN_IMAGES, TRAIN_COMBOS
 
 
 @dataclass

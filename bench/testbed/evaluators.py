@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
+from bench.prompts.testbed import ALL_COMBOS, COLOUR_PAIRS, HELDOUT_IMAGES, PRETRAIN_IMAGES
 from bench.testbed.nets import AttributeClassifier, ClassifierSpec, FeatureNet, FeatureSpec
 from bench.testbed.world import Attributes, DigitSampler, attributes, heldout_real
-from bench.testbed.world_prompts import ALL_COMBOS, COLOUR_PAIRS, HELDOUT_IMAGES, PRETRAIN_IMAGES
 
 
 @dataclass

@@ -4,7 +4,7 @@ and its pre-training as a diffusion model (the teacher that `distill.py` turns i
 Architecture (~1 M parameters, `GeneratorSpec`): `UNet2DConditionModel` on 3x16x16 pixels (the "latent" is
 the image itself, x = 2 * image - 1; the decoder is the identity), cross-attention at 8x8 only (attention
 over 256 tokens at 16x16 would triple the cost on a CPU), a 2-layer `CLIPTextModel` over the word-level
-tokenizer of `bench.models`. The student LCM adds `time_cond_proj_dim` (the guidance embedding); the teacher
+tokenizer of `bench.core.policy`. The student LCM adds `time_cond_proj_dim` (the guidance embedding); the teacher
 has none, as a real Stable Diffusion teacher.
 
 Pre-training (`PretrainConfig`): the DDPM loss (MSE of the UNet's x̂_0, or ε̂ with `prediction_type="epsilon"`)
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.models import word_tokenizer
+from bench.core.tiny import word_tokenizer
+from bench.prompts.testbed import PRETRAIN_IMAGES, TRAIN_COMBOS, WORDS
 from bench.testbed.world import DigitSampler
-from bench.testbed.world_prompts import PRETRAIN_IMAGES, TRAIN_COMBOS, WORDS
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The registered "testbed" model: the shipped consistency-distilled digit LCM as a `bench.models.Policy`.
+"""The registered "testbed" model: the shipped consistency-distilled digit LCM as a `bench.core.policy.Policy`.
 
 Weights: `bench/testbed/weights/generator.safetensors` (keys `unet.*`, `text_encoder.*`; the
 `GeneratorSpec` as JSON metadata; `teacher.safetensors` likewise for the diffusion teacher), rebuilt by
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from bench.compute import ComputeMeter
-from bench.models import ModelConfig, Policy
+from bench.core.compute import ComputeMeter
+from bench.core.policy import ModelConfig, Policy
 from bench.testbed.generator import GeneratorSpec, TextEncoder, build_unet
 from bench.testbed.nets import load_weights, save_weights
 

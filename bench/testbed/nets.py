@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 N_ATTR = 10 + 4 + 3  # digit, ink, background classes

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.models import ModelConfig, Policy
-from bench.sampler import SamplerConfig, sample
+from bench.core.policy import ModelConfig, Policy
+from bench.core.sampler import SamplerConfig, sample
+from bench.prompts.testbed import ALL_COMBOS, PRETRAIN_IMAGES, TRAIN_PROMPTS, make_prompt
 from bench.testbed.gold import GoldSpec, gold_score
 from bench.testbed.nets import PreferenceNet, PreferenceSpec
 from bench.testbed.world import DigitSampler, attributes, colourise
-from bench.testbed.world_prompts import ALL_COMBOS, PRETRAIN_IMAGES, TRAIN_PROMPTS, make_prompt
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The generator's quality table: attribute accuracy and FID of the distilled LCM at 1, 2, 4, 8 steps (through
-`bench.sampler.sample`, exactly as the benchmark samples) and of the teacher with 50 DDIM steps and CFG.
+`bench.core.sampler.sample`, exactly as the benchmark samples) and of the teacher with 50 DDIM steps and CFG.
 
 Accuracy is judged by the attribute classifier (digit, ink, background, all three), FID in the feature
 network's 32-d space against the held-out real images, diversity as the mean feature distance between two
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.models import Policy
-from bench.sampler import SamplerConfig, sample
+from bench.core.policy import Policy
+from bench.core.sampler import SamplerConfig, sample
+from bench.prompts.testbed import HELDOUT_IMAGES, HELDOUT_PROMPTS, PRETRAIN_IMAGES, TRAIN_PROMPTS
 from bench.testbed.evaluators import attribute_accuracy, diversity_of, frechet_distance
 from bench.testbed.generator import TextEncoder, teacher_sample
 from bench.testbed.nets import AttributeClassifier, FeatureNet
 from bench.testbed.world import DigitSampler, attributes
-from bench.testbed.world_prompts import HELDOUT_IMAGES, HELDOUT_PROMPTS, PRETRAIN_IMAGES, TRAIN_PROMPTS
 
 
 @dataclass

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from bench.testbed.world_prompts import BACKGROUNDS, DIGITS, HELDOUT_IMAGES, INKS, make_prompt, parse_prompt
+from bench.prompts.testbed import BACKGROUNDS, DIGITS, HELDOUT_IMAGES, INKS, make_prompt, parse_prompt
 
 SIZE = 16  # pixels per side
 COLOUR_JITTER = 0.04  # half-width of the uniform per-channel jitter of ink and background colours

@@ -1,0 +1,214 @@
+"""The report's figures (see bench.analysis.report): metric curves against compute, train against reported split, the
+training reward against KL, the Gao et al. (2022) frontiers, and sample grids. Matplotlib (Agg) only, no torch.
+
+Every plotting function takes the loaded evaluation rows (one row per run x fraction x split x metric, with the
+run's method, reward and seed) and returns a figure; ``save_fig`` writes it atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.analysis.table import GROUP, KL, mean_ci, ylabel
+from bench.results.io import write_bytes_atomic
+
+XLABEL = {"nfe": "compute (denoiser evaluations per sample, NFE)", "seconds": "compute (device seconds)",
+          "flops": "compute (training FLOPs)"}
+XUNIT = {"nfe": "nfe", "seconds": "s", "flops": "FLOPs"}
+SPLIT_TEXT = {"test": "test", "heldout": "held-out", "validation": "validation", "train": "train"}
+
+
+class Style:
+    """One colour per method (the same in every figure), one line style per training reward."""
+
+    def __init__(self, runs: pd.DataFrame):
+        self.colour = {m: f"C{i % 10}" for i, m in enumerate(sorted(runs["method"].unique()))}
+        rewards = sorted(runs["reward"].unique())
+        self.dash = {r: ["-", "--", ":", "-."][i % 4] for i, r in enumerate(rewards)}
+        self.several_rewards = len(rewards) > 1
+        self.incomplete = set(runs.loc[~runs["complete"], GROUP].itertuples(index=False, name=None))
+
+    def __call__(self, method: str, reward: str) -> dict[str, str]:
+        label = f"{method} ({reward})" if self.several_rewards else method
+        label += " [incomplete]" if (method, reward) in self.incomplete else ""
+        return {"color": self.colour[method], "linestyle": self.dash[reward], "label": label}
+
+
+def curves(ev: pd.DataFrame, split: str, metric: str, xcol: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per (method, reward): at each fraction the mean compute, mean value and CI half-width over seeds."""
+    sub = ev[(ev["split"] == split) & (ev["metric"] == metric)]
+    out = {}
+    for key, g in sub.groupby(GROUP):
+        rows = [{"fraction": f, "x": gf[xcol].mean(), **dict(zip(("mean", "ci", "n"), mean_ci(gf["value"])))}
+                for f, gf in g.groupby("fraction")]
+        out[key] = pd.DataFrame(rows)
+    return out
+
+
+def plot_metric(ev, metric: str, xcol: str, split: str, style: Style, hib: dict[str, bool]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    for (method, reward), c in curves(ev, split, metric, xcol).items():
+        s = style(method, reward)
+        ax.plot(c["x"], c["mean"], marker="o", **s)
+        ax.fill_between(c["x"], c["mean"] - c["ci"], c["mean"] + c["ci"], color=s["color"], alpha=0.18, lw=0)
+    ax.set(xlabel=XLABEL[xcol], ylabel=ylabel(metric, hib),
+           title=f"{metric} on {SPLIT_TEXT.get(split, split)} prompts (95% CI band)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_overfitting(ev, runs, xcol: str, split: str, style: Style, hib: dict[str, bool]) -> plt.Figure:
+    """The training reward on train prompts (solid) against the reported split (dashed)."""
+    rewards = sorted(runs["reward"].unique())
+    shown = SPLIT_TEXT.get(split, split)
+    fig, axes = plt.subplots(1, len(rewards), figsize=(6.4 * len(rewards), 4.4), layout="constrained", squeeze=False)
+    for ax, reward in zip(axes[0], rewards):
+        for s, dash in (("train", "-"), (split, "--")):
+            for (method, r), c in curves(ev, s, reward, xcol).items():
+                if r == reward:
+                    ax.plot(c["x"], c["mean"], marker="o", color=style.colour[method], linestyle=dash)
+        handles = [Line2D([], [], color=style.colour[m], label=m) for m in sorted(runs.loc[runs.reward == reward,
+                                                                                           "method"].unique())]
+        handles += [Line2D([], [], color="k", linestyle=d, label=f"{s} prompts") for s, d in
+                    (("train", "-"), (shown, "--"))]
+        ax.legend(handles=handles, fontsize="small")
+        ax.set(xlabel=XLABEL[xcol], ylabel=ylabel(reward, hib), title=f"trained on {reward}: train vs {shown}")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_reward_vs_divergence(ev, runs, split: str, style: Style, hib: dict[str, bool]) -> plt.Figure:
+    rewards = sorted(runs["reward"].unique())
+    fig, axes = plt.subplots(1, len(rewards), figsize=(6.4 * len(rewards), 4.4), layout="constrained", squeeze=False)
+    kl = curves(ev, split, KL, "fraction")
+    for ax, reward in zip(axes[0], rewards):
+        for (method, r), c in curves(ev, split, reward, "fraction").items():
+            if r != reward or (method, r) not in kl:
+                continue
+            both = c.merge(kl[(method, r)], on="fraction", suffixes=("", "_kl"))
+            ax.plot(both["mean_kl"], both["mean"], marker="o", color=style.colour[method], label=method)
+        ax.set(xlabel=f"{KL} (KL divergence from the base model)", ylabel=ylabel(reward, hib),
+               title=f"trained on {reward}: {SPLIT_TEXT.get(split, split)} reward vs divergence")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return fig
+
+
+def frontier_metrics(ev: pd.DataFrame, reward: str, split: str) -> list[str]:
+    """The metrics a frontier of `reward` shows: every one evaluated on `split` except it and kl-to-base."""
+    on = ev[ev["split"] == split]
+    return sorted(m for m in on["metric"].unique() if m not in (reward, KL))
+
+
+def plot_frontier(ev: pd.DataFrame, runs: pd.DataFrame, reward: str, split: str, style: Style,
+                  hib: dict[str, bool]) -> plt.Figure:
+    """Gao et al. (2022): each non-trained metric against √KL from the base model, one subplot per metric.
+    Every evaluation point of every run (each seed its own line, in fraction order) — the spread of the seeds
+    stays visible, and a method regularises better when its points reach further right before they fall."""
+    metrics = frontier_metrics(ev, reward, split)
+    cols = len(metrics) if len(metrics) <= 3 else (2 if len(metrics) == 4 else 3)
+    cols = max(cols, 1)
+    nrows = max(1, math.ceil(len(metrics) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows + 0.6), layout="constrained",
+                             squeeze=False)
+    on = ev[(ev["split"] == split) & (ev["reward"] == reward)]
+    kl = on[on["metric"] == KL].set_index(["run_id", "fraction"])["value"]
+    linthresh = _symlog_threshold(np.sqrt(kl.clip(lower=0).groupby(level="run_id").max().to_numpy(dtype=float)))
+    for ax, metric in zip(axes.flat, metrics):
+        rows = on[on["metric"] == metric].join(kl.rename("kl"), on=["run_id", "fraction"])
+        for run_id, g in rows.dropna(subset=["kl", "value"]).groupby("run_id"):
+            g = g.sort_values("fraction")
+            ax.plot(np.sqrt(g["kl"].clip(lower=0)), g["value"], marker="o", markersize=3.5, linewidth=1.0,
+                    alpha=0.8, color=style.colour[g["method"].iloc[0]])
+        base = rows[rows["fraction"] == 0]["value"]
+        if len(base):  # every run starts from the same base model: its value is the reference level
+            ax.axhline(float(base.mean()), color="0.4", linestyle=":", linewidth=1)
+        if linthresh:
+            ax.set_xscale("symlog", linthresh=linthresh, linscale=1.5)
+        ax.set(xlabel=f"√({KL})" + (" (log beyond the dashed line)" if linthresh else ""),
+               ylabel=ylabel(metric, hib), title=metric)
+        if linthresh:
+            ax.axvline(linthresh, color="0.7", linestyle="--", linewidth=0.8)
+        ax.set_xlim(left=0)  # √KL is never negative (symlog would otherwise show a mirrored empty half)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    methods = sorted(runs.loc[runs["reward"] == reward, "method"].unique())
+    handles = [Line2D([], [], color=style.colour[m], marker="o", markersize=4, label=m) for m in methods]
+    handles.append(Line2D([], [], color="0.4", linestyle=":", label="base model"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), fontsize="small")
+    fig.suptitle(f"trained on {reward}: the other metrics against √KL from the base model\n"
+                 f"{SPLIT_TEXT.get(split, split)} prompts, every evaluation point, one line per seed")
+    return fig
+
+
+def _symlog_threshold(reach: np.ndarray) -> float | None:
+    """Where a frontier's x axis turns logarithmic, or None for a linear one, from each run's largest √KL.
+    An unregularised run can drift a hundred times further from the base model than the regularised ones; on a
+    linear axis those would all sit in the first pixels, so when the farthest run goes more than 10 times as far
+    as the median run, the axis is linear up to a round number (1, 2, 5 × 10^k) at or above that median and
+    logarithmic beyond."""
+    reach = reach[np.isfinite(reach) & (reach > 0)]
+    if len(reach) == 0 or reach.max() <= 10 * np.median(reach):
+        return None
+    median = float(np.median(reach))
+    decade = 10.0 ** math.floor(math.log10(median))
+    return next(k * decade for k in (1, 2, 5, 10) if k * decade >= median)
+
+
+def sample_grid(run: pd.Series, ev: pd.DataFrame, xcol: str, notes: list[str]) -> plt.Figure | None:
+    """Start, middle and end sample grids of one run side by side, or None (with a note) if there are none."""
+    files = {float(m[1]): p for p in (run["dir"] / "samples").glob("frac*.png")
+             if (m := re.fullmatch(r"frac(\d+(?:\.\d+)?)", p.stem))}
+    if not files:
+        notes.append(f"no sample grids in `runs/{run['run_id']}/samples`")
+        return None
+    fr = sorted(files)
+    picks: dict[float, str] = {}
+    for f, label in ((fr[0], "start"), (min(fr, key=lambda f: abs(f - 0.5)), "middle"), (fr[-1], "end")):
+        picks.setdefault(f, label)
+    mine = ev[ev["run_id"] == run["run_id"]]
+    try:
+        images = {f: _read_image(files[f]) for f in picks}
+    except OSError as e:
+        notes.append(f"sample grids of `runs/{run['run_id']}` unreadable: {e}")
+        return None
+    height = 4 * max(im.shape[0] / im.shape[1] for im in images.values()) + 0.9
+    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), height), layout="constrained", squeeze=False)
+    for ax, (f, label) in zip(axes[0], sorted(picks.items())):
+        spent = mine.loc[np.isclose(mine["fraction"], f, atol=0.005), xcol].mean()
+        ax.imshow(images[f])
+        ax.set_title(label if label == "start" or not np.isfinite(spent) else f"{label} ({spent:.4g} {XUNIT[xcol]})")
+        ax.axis("off")
+    fig.suptitle(f"{run['method']} trained on {run['reward']}, seed {run['seed']}")
+    return fig
+
+
+def _read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def save_fig(fig: plt.Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return path

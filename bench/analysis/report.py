@@ -1,0 +1,317 @@
+"""Tables, plots and image grids from a suite folder (``bench report SUITE``).
+
+Reads files only, through bench.results.io and bench.results.schema (the runner's typed schema), and never imports torch: a
+report can be built on a laptop from results copied off a GPU machine, also while the suite is still running.
+Everything goes into SUITE/report unless told otherwise, each file written atomically:
+
+- ``table.md``, ``table.csv``, ``table.tex``: one row per (method, training reward) over seeds (see
+  bench.analysis.table): per metric the reported split's value at each run's last evaluation point, the peak of
+  the selection metric and the KL where it peaked, and the metrics hacked (bench.analysis.judge) in a majority of seeds;
+- ``frontier_<reward>.png``: every other metric against √KL from the base model, per seed (Gao et al. 2022);
+- ``metric_<name>.png``: the reported split's value against compute, one line per (method, reward), 95% CI band;
+- ``overfitting.png``: the training reward on train prompts (solid) and the reported split (dashed);
+- ``reward_vs_divergence.png``: the training reward on the reported split against the KL from the base model;
+- ``grid_<method>__<reward>.png``: the first seed's sample grids at the start, middle and end;
+- ``human_eval.json``: when the suite has votes (``bench human-eval``), their analysis (bench.human_eval.analysis),
+  also shown in index.md's "Human evaluation" section;
+- ``index.md``: the protocol, the budget, model, methods, rewards and seeds, every command that contributed to the
+  suite (time, git revision, device, package versions), the table, the plots and a legend.
+
+Decisions worth knowing:
+- The reported split is "test" when the suite has one (protocol 2), else "heldout" (protocol 1 folders), else
+  "validation" (a sweep trial); the legend names it. A suite's protocol is its manifest's "protocol" (absent: 1).
+- A run's "final" value is taken at its own last evaluation point, so an unfinished run counts where it
+  stopped; its group is marked "incomplete" and the CSV gives the number of seeds behind each mean.
+- A run evaluated twice at one point (resumed after a crash) counts with the row written last.
+- Fractions are rounded to 4 decimals before seeds are aligned on them.
+- The x axis is NFE per sample when every run's budget is counted in NFE, training FLOPs when every one is
+  counted in FLOPs (and the rows have them), otherwise device seconds.
+- A folder under runs/ without config.json (a run being created) is skipped with a note in index.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.analysis import judge
+from bench.analysis.plots import (
+    Style,
+    frontier_metrics,
+    plot_frontier,
+    plot_metric,
+    plot_overfitting,
+    plot_reward_vs_divergence,
+    sample_grid,
+    save_fig,
+)
+from bench.analysis.table import GROUP, KL, build_table, display_table, latex_table, markdown_table
+from bench.core.errors import BenchError
+from bench.registry.catalog import MODEL_DEFAULTS
+from bench.results import schema
+from bench.results.io import read_json, read_jsonl, write_bytes_atomic
+
+EVAL_NEEDED, EVAL_OPTIONAL = list(schema.EVAL_REQUIRED), list(schema.EVAL_OPTIONAL)  # optional: absent in older folders
+SPLIT_MEANING = {"test": "test prompts, used for neither training nor selection",
+                 "heldout": "held-out prompts of a protocol-1 folder, which has no test split",
+                 "validation": "validation prompts, which selection also used (a sweep trial): optimistic"}
+LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: mean over seeds ± the half-width of a 95% confidence "
+          "interval (Student t, n-1 degrees of freedom); with one seed only the mean is shown. Metric values are "
+          "on the reported split, **{split}** ({meaning}), at each run's last evaluation point. "
+          "**peak**: the best value of the selection metric ({select}) over each run's evaluation points, base "
+          "model included, and the {kl} where it occurred, mean over seeds: chosen on the reported split itself, "
+          "so it is an oracle early stop, an upper bound. **hacked**: the metrics that, in more than half of the "
+          "row's seeds, got worse from the base model to the last evaluation point while the training reward "
+          "improved by any amount (Gao et al. 2022), by more than 1.96·√(se₀² + se₁²), or, for a metric "
+          "without a standard error (set metrics such as diversity, or clean-FID), by more than {rel:.0%} of its base value. "
+          "**Bold** is the best mean of its column among the rows not flagged hacked: a hacked row is never bold. "
+          "Compute is the mean over seeds of the final training compute.")
+
+
+def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Write the report of one suite folder (see bench.results.io for its layout); return the files written."""
+    suite_dir = Path(suite_dir)
+    out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
+    runs, ev, notes = load_suite(suite_dir)
+    manifest = read_manifest(suite_dir, notes)
+    split = judge.reported_split(ev["split"].unique())
+    if split is None:
+        raise BenchError(f"no test, heldout or validation evaluation rows under {suite_dir / 'runs'}: "
+                         f"nothing to report")
+    metrics = metric_order(ev, runs)
+    hib = higher_is_better(ev)
+    xcol = x_column(runs, ev)
+    select = selection_metrics(runs, ev, manifest)
+    table = build_table(runs, ev, metrics, split, select)
+    header, cells, best = display_table(table, metrics, hib)
+
+    written = [_write_text(out_dir / "table.csv", table.to_csv(index=False)),
+               _write_text(out_dir / "table.md", markdown_table(header, cells, best)),
+               _write_text(out_dir / "table.tex", latex_table(header, cells, best))]
+    style = Style(runs)
+    has_kl = ((ev["metric"] == KL) & (ev["split"] == split)).any()
+    frontiers = []
+    for reward in dict.fromkeys(runs["reward"]):
+        if has_kl and frontier_metrics(ev[ev["reward"] == reward], reward, split):
+            frontiers.append(save_fig(plot_frontier(ev, runs, reward, split, style, hib),
+                                      out_dir / f"frontier_{_safe(reward)}.png"))
+        else:
+            notes.append(f"frontier_{_safe(reward)}.png skipped: no `{KL}` or no metric other than the "
+                         f"training reward on the {split} split")
+    plots = [save_fig(plot_metric(ev, m, xcol, split, style, hib), out_dir / f"metric_{_safe(m)}.png")
+             for m in metrics]
+    plots.append(save_fig(plot_overfitting(ev, runs, xcol, split, style, hib), out_dir / "overfitting.png"))
+    if has_kl:
+        plots.append(save_fig(plot_reward_vs_divergence(ev, runs, split, style, hib),
+                              out_dir / "reward_vs_divergence.png"))
+    else:
+        notes.append(f"reward_vs_divergence.png skipped: no `{KL}` evaluation rows on the {split} split")
+    grids = []
+    for (method, reward), g in runs.groupby(GROUP):
+        fig = sample_grid(g.sort_values("seed").iloc[0], ev, xcol, notes)
+        if fig is not None:
+            grids.append(save_fig(fig, out_dir / f"grid_{_safe(method)}__{_safe(reward)}.png"))
+    written += frontiers + plots + grids
+    legend = LEGEND.format(split=split, meaning=SPLIT_MEANING[split], kl=KL, rel=judge.REL_TOL,
+                           select=", ".join(f"{s} for {r}" for r, s in select.items() if s) or "none")
+    index = index_markdown(suite_dir, manifest, runs, markdown_table(header, cells, best), legend,
+                           frontiers, plots, grids, notes)
+    from bench.human_eval.analysis import add_section, report_section  # torch-free; nothing without votes
+
+    human, human_files = report_section(suite_dir, out_dir)
+    index, written = add_section(index, human), written + human_files
+    written.append(_write_text(out_dir / "index.md", index))
+    return written
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def load_suite(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(runs, evaluation rows, notes): one row per run, and one per evaluation row with its run's identity."""
+    runs_dir = suite_dir / "runs"
+    if not runs_dir.is_dir():
+        raise BenchError(f"no runs folder in {suite_dir}: is it a suite folder (bench run --out SUITE)?")
+    runs, rows, notes = [], [], []
+    for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and ".interrupted-" not in p.name):
+        if not (d / "config.json").exists():
+            notes.append(f"skipped `runs/{d.name}`: no config.json (a run being created?)")
+            continue
+        runs.append(_run_record(d))
+        rows += [{**r, "run_id": d.name} for r in read_jsonl(d / "eval.jsonl")]
+    if not runs:
+        raise BenchError(f"no runs in {runs_dir}")
+    if not rows:
+        raise BenchError(f"no evaluation rows in any run under {runs_dir}: nothing to report yet")
+    runs = pd.DataFrame(runs)
+    ev = pd.DataFrame(rows)
+    missing = [k for k in EVAL_NEEDED if k not in ev.columns]
+    if missing:
+        raise BenchError(f"evaluation rows under {runs_dir} lack {', '.join(missing)}: written by another version?")
+    for k in EVAL_OPTIONAL:
+        if k not in ev.columns:
+            ev[k] = math.nan
+    ev = ev[["run_id", *EVAL_NEEDED, *EVAL_OPTIONAL]].copy()
+    for k in ("fraction", "nfe", "seconds", "value", "stderr", "flops", "budget_used"):
+        ev[k] = pd.to_numeric(ev[k], errors="coerce")
+    ev = ev.dropna(subset=["fraction"])
+    ev["fraction"] = ev["fraction"].round(4)
+    ev["metric"] = ev["metric"].astype(str)
+    ev["split"] = ev["split"].astype(str)
+    ev = ev.drop_duplicates(["run_id", "fraction", "split", "metric"], keep="last")
+    return runs, ev.merge(runs[["run_id", *GROUP, "seed"]], on="run_id"), notes
+
+
+def _run_record(d: Path) -> dict[str, Any]:
+    """A run's identity from its config.json; its final compute from summary.json, or the last train row."""
+    cfg = schema.RunConfig.from_json(read_json(d / "config.json"), d / "config.json")
+    complete = (d / "summary.json").exists()
+    # A train row carries the same counters as a summary at its top level (schema.TrainRow, schema.Summary).
+    last = schema.Summary.from_json(read_json(d / "summary.json") if complete
+                                    else (read_jsonl(d / "train.jsonl") or [{}])[-1]).counters
+    return {"run_id": d.name, "method": cfg.method, "reward": cfg.reward, "seed": cfg.seed,
+            "beta": cfg.method_config.get("beta"), "model": cfg.model.get("name"), "protocol": _num(cfg.protocol),
+            "budget_kind": cfg.budget.get("kind", "nfe"), "budget": budget_text(cfg.budget),
+            "complete": complete, "nfe": _num(last.get("nfe")), "seconds": _num(last.get("seconds")),
+            "flops": _num(last.get("flops")), "dir": d}
+
+
+def budget_text(budget: dict) -> str:
+    """A budget as it was given ("400nfe"), from schema.Manifest.budget / RunConfig.budget."""
+    return str(budget.get("text") or f"{budget.get('amount', '?')} {budget.get('kind', '')}".strip())
+
+
+def read_manifest(suite_dir: Path, notes: list[str]) -> schema.Manifest:
+    """The suite's manifest in any schema (bench/results/schema.py); an empty one, with a note, when there is none."""
+    if not (suite_dir / "manifest.json").exists():
+        notes.append("no manifest.json in the suite folder")
+        return schema.Manifest(config={})
+    return schema.Manifest.from_json(read_json(suite_dir / "manifest.json"), suite_dir / "manifest.json")
+
+
+def metric_order(ev: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """Training rewards first (in the order of the runs), then the other metrics alphabetically."""
+    metrics = sorted(ev["metric"].unique())
+    rewards = [r for r in dict.fromkeys(runs["reward"]) if r in metrics]
+    return rewards + [m for m in metrics if m not in rewards]
+
+
+def higher_is_better(ev: pd.DataFrame) -> dict[str, bool]:
+    known = ev.dropna(subset=["higher_is_better"])
+    return {m: bool(v) for m, v in known.groupby("metric")["higher_is_better"].last().items()}
+
+
+def x_column(runs: pd.DataFrame, ev: pd.DataFrame) -> str:
+    """The compute axis: the budget's own counter when every run shares it, else device seconds."""
+    kinds = set(runs["budget_kind"])
+    if kinds == {"nfe"}:
+        return "nfe"
+    if kinds == {"flops"} and ev["flops"].notna().any():
+        return "flops"
+    return "seconds"
+
+
+def selection_metrics(runs: pd.DataFrame, ev: pd.DataFrame, manifest: schema.Manifest) -> dict[str, str | None]:
+    """Per training reward, the metric the peak column reports (bench.analysis.judge.selection_metric): the model's
+    MODEL_DEFAULTS "select" unless it is that reward or was not evaluated, else the first other metric."""
+    model = manifest.model or next((m for m in runs["model"] if isinstance(m, str)), None)
+    preferred = MODEL_DEFAULTS.get(model, {}).get("select") if model else None
+    return {r: judge.selection_metric(r, metric_order(ev[ev["reward"] == r], runs), preferred)
+            for r in dict.fromkeys(runs["reward"])}
+
+
+def protocol(manifest: schema.Manifest, runs: pd.DataFrame) -> int:
+    """The manifest's "protocol", else the runs' (a suite without a manifest), else 1: the old protocol."""
+    value = _num(manifest.protocol)
+    if not np.isfinite(value) and runs["protocol"].notna().any():
+        value = float(runs["protocol"].max())
+    return int(value) if np.isfinite(value) else 1
+
+
+# --------------------------------------------------------------------------------------------------- index
+
+def index_markdown(suite_dir: Path, manifest: schema.Manifest, runs: pd.DataFrame, table_md: str, legend: str,
+                   frontiers: list[Path], plots: list[Path], grids: list[Path], notes: list[str]) -> str:
+    lines = [f"# Benchmark report: {suite_dir.resolve().name}", "", *protocol_lines(manifest, runs),
+             *manifest_lines(manifest, runs), "", "## Results", "", table_md, legend, ""]
+    if frontiers:
+        lines += ["## Frontiers", "", "Each metric the method was not trained on against √KL of the policy from "
+                  "the base model (Gao et al. 2022), every evaluation point of every seed, one line per seed in "
+                  "budget order; the dotted line is the base model. A better-regularised method gains more "
+                  "before its curve turns down, or never turns down.", ""]
+        lines += [f"![{p.stem}]({p.name})\n" for p in frontiers]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})\n" for p in plots]
+    if grids:
+        lines += ["## Samples", ""] + [f"![{g.stem}]({g.name})\n" for g in grids]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def protocol_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
+    """The protocol version, and for protocol 1 a warning that the folder predates the fair protocol."""
+    version = protocol(manifest, runs)
+    lines = [f"- **protocol**: {version}"]
+    if version < 2:
+        ev = manifest.config.get("eval")
+        n = ev.get("max_prompts") if isinstance(ev, dict) else None
+        first = f"the first {n} prompts" if n else "the first prompts"
+        lines = [f"> **Warning: protocol {version}.** This folder was made before the fair protocol: evaluation "
+                 f"on {first} of each split, no validation split, denoiser-only compute. It is kept for "
+                 f"reference only.", "", *lines]
+    return lines
+
+
+def manifest_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
+    """The suite's budget, model, methods, rewards and seeds, then every command that contributed to it (oldest
+    first) with its time, git revision and device, and the package versions (once if every command shares them)."""
+    budget = budget_text(manifest.budget) if manifest.budget else ", ".join(dict.fromkeys(runs["budget"]))
+    config = manifest.config
+    listed = lambda key, fallback: ", ".join(map(str, config.get(key) or fallback))  # noqa: E731
+    lines = [f"- **budget**: `{budget}` of training compute per run (evaluation is not charged)",
+             f"- **model**: {manifest.model or ', '.join(map(str, dict.fromkeys(runs['model'].dropna()))) or '?'}",
+             f"- **methods**: {listed('methods', dict.fromkeys(runs['method']))}",
+             f"- **rewards**: {listed('rewards', dict.fromkeys(runs['reward']))}",
+             f"- **seeds**: {listed('seeds', sorted(set(runs['seed'])))}"]
+    commands = manifest.commands
+    versions = [_describe(c.versions) for c in commands]
+    shared = len(set(versions)) == 1 and versions[0]
+    if commands:
+        lines.append(f"- **commands** ({len(commands)}, oldest first):")
+    for i, c in enumerate(commands, 1):
+        about = [c.time, f"git `{c.git}`" if c.git else "", c.device, "" if shared else _describe(c.versions), c.note]
+        lines.append(f"  {i}. `{_describe(c.argv) or '(not recorded)'}` — " + "; ".join(a for a in about if a))
+    if shared:
+        lines.append(f"- **versions**: {shared}")
+    return lines
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return shlex.join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_describe(v)}" for k, v in value.items())
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+def _num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    write_bytes_atomic(path, text.encode("utf-8"))
+    return path
