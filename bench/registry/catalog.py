@@ -37,13 +37,14 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                 "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"],
                 "select": "testbed-gold", "latent": (3, 1, 16), "sampler": {"guidance_scale": 2.0}},
     "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
-                           "select": "hpsv2", "latent": (4, 8, 512)},
+                           "select": "hpsv2", "latent": (4, 8, 512), "resizable": True},
     "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
-                      "select": "hpsv2", "latent": (4, 8, 512)},
+                      "select": "hpsv2", "latent": (4, 8, 512), "resizable": True},
     # Real size, random weights (cost measurements, bench/models/sd15.py): rewards that need no weights.
     "sd15-lcm-random": {"reward": "brightness", "prompts": "animals", "metrics": ["brightness", "colorfulness", "diversity"],
-                        "select": "colorfulness", "latent": (4, 8, 512)},
+                        "select": "colorfulness", "latent": (4, 8, 512), "resizable": True},
 }
+# "resizable": the builder honours model.resolution (the Stable Diffusion family); the others draw at one size.
 # "latent": (channels, decoder upsampling factor, native image side in pixels), so the latent size is known without
 # building the model (bench sweep centres ROCM's per-dimension β ranges on it; tests check it against the models).
 

@@ -104,3 +104,18 @@ def read_jsonl(path: Path) -> list[dict]:
                 continue  # torn final append from a crash
             raise BenchError(f"corrupt results file {path}: line {i + 1} is not a JSON object") from None
     return rows
+
+
+def writable_folder(path: Path, what: str = "--out") -> Path:
+    """`path` as a folder this process can write into, created if missing; a file in the way, a parent that cannot
+    be created or a folder without write permission is a one-line BenchError (before anything is written)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BenchError(f"{what} {path} is not writable")
+    return path

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.core.checks import at_least, one_of, positive, require_differentiable
 from bench.core.compute import Budget
+from bench.core.device import resolve_device
 from bench.core.errors import BenchError, unknown_name
 from bench.core.policy import ModelConfig
 from bench.core.sampler import SamplerConfig
@@ -183,6 +184,7 @@ def validate(suite: SuiteConfig) -> None:
         raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
     if not suite.seeds:
         raise BenchError("no seeds given: e.g. --seeds 0,1,2")
+    resolve_device(suite.device)  # an unknown device, or CUDA on a machine without one
     # Plugins given as package.module:Name (or installed entry points) -> their declared registry names, which
     # name the run folders; each is checked to be a Method / Reward / metric / model builder.
     suite.methods = resolve_names("method", suite.methods)
@@ -234,12 +236,22 @@ def apply_model_defaults(suite: SuiteConfig) -> None:
 
 def check_sections(suite: SuiteConfig) -> None:
     """The value rules of the shared sections (model, sampler, eval); method configs check their own."""
+    from bench.registry.catalog import MODEL_DEFAULTS
+
     m, s, ev = suite.model, suite.sampler, suite.eval
     at_least("model.lora_rank", m.lora_rank, 0)
     positive("model.lora_alpha", m.lora_alpha)
     one_of("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
     at_least("model.resolution", m.resolution, 0)
+    latent = MODEL_DEFAULTS.get(m.name, {}).get("latent")
+    if m.resolution and latent is not None:  # (channels, decoder upsampling, native side)
+        if not MODEL_DEFAULTS[m.name].get("resizable", False):
+            raise BenchError(f"model.resolution: '{m.name}' draws at its one size, {latent[2]} px; leave it 0")
+        if m.resolution % (8 * latent[1]):  # the UNet halves its latent three times
+            raise BenchError(f"model.resolution must be a multiple of {8 * latent[1]} for '{m.name}', "
+                             f"got {m.resolution}")
     at_least("sampler.steps", s.steps, 1)
+    at_least("sampler.guidance_scale", s.guidance_scale, 1.0)
     at_least("sampler.original_inference_steps", s.original_inference_steps, s.steps)
     one_of("sampler.logprob_reduction", s.logprob_reduction, ("mean", "sum"))
     for name, low in (("points", 1), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
