@@ -36,7 +36,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Hashable, Iterator
+from typing import Callable, Hashable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -123,6 +123,9 @@ class ModuleCall:
 class ComputeMeter:
     """Counts what training spends. `seconds` is only advanced inside `timing()` (the runner wraps each
     training step in it), so evaluation and I/O between steps are never charged."""
+
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
+    """The device-time clock of `timing()` (tests replace it with a fake one to make time budgets deterministic)."""
 
     def __init__(self) -> None:
         self.nfe_forward = 0
@@ -231,13 +234,13 @@ class ComputeMeter:
     def timing(self):
         """Device time of training work; synchronises an accelerator so queued kernels are counted."""
         sync_device()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             yield
         finally:
             sync_device()
             if self.active:
-                self.seconds += time.perf_counter() - t0
+                self.seconds += self.clock() - t0
 
     # ---- reading --------------------------------------------------------------------------------------
     @property

@@ -110,6 +110,10 @@ class Method:
     """Attributes a step changes beyond the common state (optimizer, generator, step counters), saved in mid-run
     checkpoints by `state_dict`: an object with state_dict() / load_state_dict() (a stat tracker) through those,
     a plain value (a count) as it is. A subclass names its own, or overrides extra_state / load_extra_state."""
+    partial_steps: bool = False
+    """True if `step(fraction=f)` takes a smaller outer step, with about a fraction f < 1 of the full step's
+    compute and no more (fewer prompts or samples): a time-budget run's last step then fills what is left of the
+    budget (bench/run/budget.py). A method that leaves it False is only ever called as `step()`."""
     name: str = ""
     """A plugin's declared name (`bench run --methods pkg.module:Class` names its runs and `--set` prefix by it);
     registered entries are named by their registry key, which __init__ stores here."""
@@ -128,7 +132,9 @@ class Method:
         """Indices into `prompts` of every draw so far, in order: a resumed run replays their text encodings
         (bench/run/checkpoint.py), so that its caches, and what it is charged, are an uninterrupted run's."""
 
-    def step(self) -> dict[str, float]:
+    def step(self, fraction: float = 1.0) -> dict[str, float]:
+        """One outer iteration (sample, score, update); returns its scalar logs. `fraction` < 1 only where
+        `partial_steps` is True (see there)."""
         raise NotImplementedError
 
     # ---- checkpoints (bench/run/checkpoint.py): everything a resumed run needs to continue bit for bit ----------

@@ -279,11 +279,14 @@ class Summary:
     """Wall-clock time of the run, evaluation included."""
     processes: int = 1
     status: str = "complete"
+    warmup_seconds: float = 0.0
+    """Time budgets: the uncharged warm-up step taken before the clock started (bench/run/budget.py); else 0."""
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "steps": self.steps, **self.counters, "processes": self.processes,
                 "budget_used": self.budget_used, "reported_split": self.reported_split,
-                "wall_seconds": self.wall_seconds, f"final_{self.reported_split}": self.final}
+                "wall_seconds": self.wall_seconds, "warmup_seconds": self.warmup_seconds,
+                f"final_{self.reported_split}": self.final}
 
     @classmethod
     def from_json(cls, data: Any) -> "Summary":
@@ -293,4 +296,5 @@ class Summary:
         return cls(steps=_number(d.get("steps"), int, 0), counters={k: d[k] for k in COUNTER_KEYS if k in d},
                    budget_used=_number(d.get("budget_used"), float, 0.0), reported_split=split,
                    final=_dict(d.get(f"final_{split}")), wall_seconds=_number(d.get("wall_seconds"), float, 0.0),
-                   processes=_number(d.get("processes"), int, 1), status=str(d.get("status") or "complete"))
+                   processes=_number(d.get("processes"), int, 1), status=str(d.get("status") or "complete"),
+                   warmup_seconds=_number(d.get("warmup_seconds"), float, 0.0))

@@ -4,10 +4,10 @@ at fixed fractions of it, and writes results so that a killed suite resumes wher
 Per run (see bench/results/schema.py for the files): build the base model (identical for every run), the reward,
 the method; evaluate the base model (fraction 0) on every prompt of the evaluated splits; then repeat outer
 steps — each timed and charged to the meter — evaluating whenever a budget fraction k/points is crossed.
-Budgets are matched exactly (docs/protocol.md): an outer step is started only if a step as costly as the
-costliest one so far still fits within the budget plus BUDGET_TOLERANCE, so no run ends more than 0.5% past
-its budget; the final evaluation is taken where the run stops and labelled fraction 1 (its `budget_used`
-says how much was really spent). Then save the trained adapter and write summary.json last.
+Budgets are matched exactly (docs/protocol.md, bench/run/budget.py): an outer step is started only if it is
+predicted to fit within the budget plus 0.5%; a time budget's first step is taken once uncharged (the warm-up) and
+its last one may be smaller; the final evaluation is taken where the run stops and labelled fraction 1 (its
+`budget_used` says how much was really spent). Then save the trained adapter and write summary.json last.
 
 Mid-run checkpoints (bench/run/checkpoint.py) are saved at every evaluation point and every `checkpoint.every_steps`
 steps / `checkpoint.every_minutes` minutes. A run folder without summary.json is an interrupted attempt: with a
@@ -41,6 +41,7 @@ from bench.results import io as results
 from bench.results import schema
 from bench.results.locks import file_lock, run_lock
 from bench.run import checkpoint
+from bench.run.budget import StopRule, warm_up
 from bench.run.config import (
     SuiteConfig,
     eval_prompts,
@@ -57,8 +58,7 @@ from bench.run.trackers import RunLog
 PROTOCOL = 2
 """Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
 first 16 prompts of two splits, denoiser-only compute, budgets overshot by up to one step. 2: three splits,
-every prompt evaluated, every module's FLOPs charged, budgets matched within BUDGET_TOLERANCE."""
-BUDGET_TOLERANCE = 0.005  # a run may end at most this fraction past its budget
+every prompt evaluated, every module's FLOPs charged, budgets matched within 0.5% (bench/run/budget.py)."""
 
 
 def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:
@@ -92,6 +92,7 @@ def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show
     validate(suite)
     out = Path(out)
     if dist.is_main:
+        results.writable_folder(out)
         write_manifest(suite, out, argv or sys.argv)
     dist.barrier()
     specs = suite_specs(suite)
@@ -269,9 +270,13 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     if dist.is_main:
         prepare_references(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed + 1)
     counters = dist.sum(meter.counters())  # compute of every process together
+    warmup = 0.0
     if resume is None:
         final = eval_at([0.0], 0)
-        done_points, costliest, elapsed = set(), 0.0, 0.0  # costliest: the largest cost of one outer step so far
+        done_points, rule, elapsed = set(), StopRule(budget), 0.0
+        if budget.kind == "seconds":  # CUDA start-up, kernel selection, compilation: before the clock starts
+            on_progress(0.0, f"{label}: warm-up step (uncharged, undone)")
+            warmup = warm_up(policy, algo, meter)
     else:
         if dist.is_main:  # the base evaluation's effect on every per-prompt cache (text embeddings), uncharged
             evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
@@ -280,22 +285,22 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             checkpoint.cut_logs(run_dir, progress["logs"])
         dist.barrier()
         counters = dist.sum(meter.counters())
-        done_points, costliest, final = set(progress["done_points"]), progress["costliest"], progress["final"]
-        elapsed = progress["elapsed"]
+        done_points, final = set(progress["done_points"]), progress["final"]
+        rule, elapsed, warmup = StopRule.from_state(budget, progress), progress["elapsed"], progress.get("warmup", 0.0)
     t_start = time.perf_counter() - elapsed  # wall time of every attempt together
     last_save = time.monotonic()
     on_progress(budget.spent(counters) / budget.amount, f"{label}: training")
-    limit = budget.amount * (1 + BUDGET_TOLERANCE)
-    while budget.spent(counters) + costliest <= limit and budget.spent(counters) < budget.amount:
+    # bench/run/budget.py: a step starts only if it fits; a time budget's last step may be smaller
+    while (share := rule.next_step(budget.spent(counters), algo.partial_steps)) > 0:
         before = budget.spent(counters)
         nfe_before = counters["nfe"]
         with meter.timing():
-            logs = algo.step()
+            logs = algo.step() if share >= 1 else algo.step(fraction=share)
         counters = dist.sum(meter.counters())
         if counters["nfe"] == nfe_before:
             raise BenchError(f"{method}: an outer step charged no compute; the run could never end")
-        costliest = max(costliest, budget.spent(counters) - before)
-        if algo.steps_done == 1 and budget.spent(counters) > limit:
+        rule.record(budget.spent(counters) - before, share)
+        if algo.steps_done == 1 and budget.spent(counters) > rule.limit:
             raise BenchError(f"{method}: one outer step costs {budget.spent(counters):.4g} {budget.kind}, more than "
                              f"the whole budget ({budget.text}); give a larger --budget or a smaller batch")
         frac = budget.spent(counters) / budget.amount
@@ -311,7 +316,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         if (crossed or (every.every_steps > 0 and algo.steps_done % every.every_steps == 0)
                 or (every.every_minutes > 0 and dist.sum({"due": float(by_time)})["due"] > 0)):  # all decide alike
             checkpoint.save(run_dir, config, policy, algo, meter, {
-                "done_points": sorted(done_points), "costliest": costliest, "final": final,
+                "done_points": sorted(done_points), **rule.state(), "final": final, "warmup": warmup,
                 "elapsed": time.perf_counter() - t_start}, dist)
             last_save = time.monotonic()
         on_progress(frac, f"{label}: step {algo.steps_done}, batch mean {reward_name} "
@@ -326,7 +331,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         results.write_json_atomic(run_dir / "summary.json", schema.Summary(
             steps=algo.steps_done, counters=counters, budget_used=budget.spent(counters) / budget.amount,
             reported_split=reported, final=final, wall_seconds=time.perf_counter() - t_start,
-            processes=dist.world).to_json())
+            processes=dist.world, warmup_seconds=warmup).to_json())
         (run_dir / checkpoint.FILE).unlink(missing_ok=True)  # summary.json, written last, marks the run done
     dist.barrier()
 
