@@ -18,9 +18,11 @@ from bench.cli.common import (
     GPUS_PER_RUN,
     RAY_ADDRESS,
     RAY_WORKERS,
+    THREADS,
     app,
     executor_config,
     parse_seeds,
+    set_threads,
     split_list,
 )
 from bench.core.errors import BenchError
@@ -57,6 +59,7 @@ def run(
     executor: str = EXECUTOR, cpus_per_run: Optional[float] = CPUS_PER_RUN,
     gpus_per_run: Optional[float] = GPUS_PER_RUN, ray_address: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
+    threads: Optional[int] = THREADS,
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM: partition of the jobs."),
     slurm_gpus: Optional[int] = typer.Option(None, "--slurm-gpus", help="SLURM: GPUs per job (default 1; 0 with "
                                                                         "--device cpu)."),
@@ -68,6 +71,7 @@ def run(
 ) -> None:
     """Train every method x reward x seed under the same budget, evaluating as it goes."""
     argv = ["bench", *sys.argv[1:]]
+    set_threads(threads)
     from bench.run.trackers import parse_log_with
 
     trackers = parse_log_with(log_with)  # an unknown or uninstalled tracker is reported before anything runs
@@ -145,6 +149,7 @@ def sweep(
     executor: str = EXECUTOR, cpus_per_run: Optional[float] = CPUS_PER_RUN,
     gpus_per_run: Optional[float] = GPUS_PER_RUN, ray_address: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Tune every method with the same number of trials on validation prompts and sweep seeds; select by a
     declared rule (selected.json) and report how sensitive each method is to its knobs (sensitivity.md).
@@ -155,6 +160,7 @@ def sweep(
     from bench.sweep.protocol import SweepSettings, selection_metric
 
     runner = executor_config(executor, cpus_per_run, gpus_per_run, ray_address, ray_workers)
+    set_threads(threads)
     if runner.kind == "slurm":
         raise BenchError("bench sweep --executor: serial or ray (a study's trials follow one another; run the "
                          "sweep's driver inside one SLURM allocation with a Ray cluster instead)")
