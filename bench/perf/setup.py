@@ -37,6 +37,7 @@ def build_shared(suite: SuiteConfig):
     torch.manual_seed(0)
     policy = model_builder(suite.model.name)(suite.model, ComputeMeter()).to(device)
     reward = reward_class(suite.rewards[0])(device, policy.meter)
+    reward.autocast_dtype = suite.model.dtype
     return policy, reward
 
 

@@ -234,6 +234,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     meter = ComputeMeter()
     policy = model_builder(suite.model.name)(suite.model, meter).to(device)
     reward = reward_class(reward_name)(device, meter)
+    reward.autocast_dtype = suite.model.dtype  # a GPU scores in the model's dtype (bench/core/reward.py)
     metrics = build_metrics(suite, reward_name, reward, device, meter)
     splits, eval_splits, per_prompt = eval_setup(suite)
     algo = cls(method, cfg, policy, suite.sampler, reward, splits["train"], torch.Generator().manual_seed(seed), dist)
@@ -252,7 +253,9 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         on_progress(budget.spent(counters) / budget.amount, f"{label}: evaluating {points_text} "
                     f"({sum(len(p) for p in eval_splits.values())} prompts, every metric)")
         if dist.is_main:
+            reward.autocast_dtype = None  # every metric is evaluated in full precision, the training reward too
             rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+            reward.autocast_dtype = suite.model.dtype
             checkpoint.fault("evaluation")
             used = budget.spent(counters) / budget.amount
             results.append_jsonl(run_dir / "eval.jsonl", [
