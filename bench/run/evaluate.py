@@ -62,10 +62,12 @@ def prepare_references(policy: Policy, sampler: SamplerConfig, splits: dict[str,
 
 @torch.no_grad()
 def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]], metrics: dict[str, object],
-             per_prompt: dict[str, int], seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Returns rows (split, metric, version, higher_is_better, value, stderr, n, n_prompts, n_images) and each
-    split's images. A set metric's `compute()` returns a value, or (value, standard error) where it has one."""
-    rows, images_by_split = [], {}
+             per_prompt: dict[str, int], seed: int) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
+    """Returns rows (split, metric, version, higher_is_better, value, stderr, n, n_prompts, n_images), each
+    split's images, and each per-image metric's scores: {split: {metric: (n_prompts, images per prompt) float64}},
+    image k of prompt p drawn from the same noise at every evaluation of every run. A set metric's `compute()`
+    returns a value, or (value, standard error) where it has one."""
+    rows, images_by_split, scores = [], {}, {}
     with policy.meter.paused():
         for split, prompts in splits.items():
             generator = torch.Generator().manual_seed(seed)
@@ -95,12 +97,13 @@ def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]
                 else:
                     v = torch.cat(per_sample[name]).double()
                     n = len(v)
+                    scores.setdefault(split, {})[name] = v.numpy().reshape(len(prompts), per_prompt[split])
                     value, stderr = float(v.mean()), float(v.std() / math.sqrt(n)) if n > 1 else 0.0
                     version, hib = (m.version, m.higher_is_better) if isinstance(m, Reward) else ("1", False)
                 rows.append({"split": split, "metric": name, "version": version, "higher_is_better": hib,
                              "value": value, "stderr": stderr, "n": n, "n_prompts": len(prompts),
                              "n_images": len(all_prompts)})
-    return rows, images_by_split
+    return rows, images_by_split, scores
 
 
 def image_grid_png(images: torch.Tensor, columns: int = 8) -> bytes:

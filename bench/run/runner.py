@@ -40,6 +40,7 @@ from bench.registry.lookup import metric_class, model_builder, reward_class
 from bench.results import io as results
 from bench.results import schema
 from bench.results.locks import file_lock, run_lock
+from bench.results.scores import write_scores
 from bench.run import checkpoint
 from bench.run.budget import StopRule, warm_up
 from bench.run.config import (
@@ -254,10 +255,11 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
                     f"({sum(len(p) for p in eval_splits.values())} prompts, every metric)")
         if dist.is_main:
             reward.autocast_dtype = None  # every metric is evaluated in full precision, the training reward too
-            rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+            rows, images, scores = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
             reward.autocast_dtype = suite.model.dtype
             checkpoint.fault("evaluation")
             used = budget.spent(counters) / budget.amount
+            write_scores(run_dir, step, fractions, used, scores, eval_splits)
             results.append_jsonl(run_dir / "eval.jsonl", [
                 schema.EvalRow(step=step, fraction=f, budget_used=used, **_compute_columns(counters), **row).to_json()
                 for f in fractions for row in rows])
