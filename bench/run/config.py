@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.core.checks import at_least, one_of, positive, require_differentiable
+from bench.core.checks import at_least, in_range, one_of, positive, require_differentiable
 from bench.core.compute import Budget
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError, unknown_name
@@ -29,8 +29,11 @@ from bench.core.sampler import SamplerConfig
 class EvalConfig:
     """Evaluation at fixed fractions of the budget; never charged to it (docs/protocol.md)."""
 
-    points: int = 10
-    """Evaluations at 1/points, 2/points, …, 1 of the budget, plus one of the base model at 0."""
+    points: int = 0
+    """N > 0: evaluations at 1/N, 2/N, …, 1 of the budget (uniform). 0: the front-loaded DENSE schedule (or
+    `fractions`). Always one more of the base model at 0."""
+    fractions: tuple[float, ...] = ()
+    """Explicit evaluation points as budget fractions in (0, 1] (1 is added if missing); overrides `points`."""
     splits: tuple[str, ...] = ("train", "test")
     """Prompt splits evaluated: train and test for reported runs; `bench sweep` uses train and validation."""
     samples_per_prompt: int = 2
@@ -254,11 +257,27 @@ def check_sections(suite: SuiteConfig) -> None:
     at_least("sampler.guidance_scale", s.guidance_scale, 1.0)
     at_least("sampler.original_inference_steps", s.original_inference_steps, s.steps)
     one_of("sampler.logprob_reduction", s.logprob_reduction, ("mean", "sum"))
-    for name, low in (("points", 1), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
+    for f in ev.fractions:
+        in_range("eval.fractions", f, 0.0, 1.0, open_low=True)
+    for name, low in (("points", 0), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
                       ("grid_images", 0)):
         at_least(f"eval.{name}", getattr(ev, name), low)
     at_least("checkpoint.every_steps", suite.checkpoint.every_steps, 0)
     at_least("checkpoint.every_minutes", suite.checkpoint.every_minutes, 0)
+
+
+DENSE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+"""The default evaluation schedule: front-loaded, so that a threshold crossed early (claim C1: compute to reach a
+gold or proxy gain) is crossed between two measured points instead of on a straight line from the base model."""
+
+
+def eval_schedule(ev: EvalConfig) -> list[float]:
+    """The budget fractions a run is evaluated at (after the base model's 0), increasing, the last one 1."""
+    if ev.fractions:
+        return sorted({float(f) for f in ev.fractions} | {1.0})
+    if ev.points > 0:
+        return [i / ev.points for i in range(1, ev.points + 1)]
+    return list(DENSE)
 
 
 def split_prompts(suite: SuiteConfig) -> dict[str, list[str]]:

@@ -3,7 +3,7 @@ at fixed fractions of it, and writes results so that a killed suite resumes wher
 
 Per run (see bench/results/schema.py for the files): build the base model (identical for every run), the reward,
 the method; evaluate the base model (fraction 0) on every prompt of the evaluated splits; then repeat outer
-steps — each timed and charged to the meter — evaluating whenever a budget fraction k/points is crossed.
+steps — each timed and charged to the meter — evaluating whenever a fraction of its evaluation schedule is crossed (bench/run/config.py eval_schedule).
 Budgets are matched exactly (docs/protocol.md, bench/run/budget.py): an outer step is started only if it is
 predicted to fit within the budget plus 0.5%; a time budget's first step is taken once uncharged (the warm-up) and
 its last one may be smaller; the final evaluation is taken where the run stops and labelled fraction 1 (its
@@ -46,6 +46,7 @@ from bench.run.budget import StopRule, warm_up
 from bench.run.config import (
     SuiteConfig,
     eval_prompts,
+    eval_schedule,
     images_per_prompt,
     method_config,
     metrics_for,
@@ -243,7 +244,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     if dist.is_main:
         results.write_json_atomic(run_dir / "config.json", config)
 
-    budget, points, every = suite.budget, suite.eval.points, suite.checkpoint
+    budget, schedule, every = suite.budget, eval_schedule(suite.eval), suite.checkpoint
     reported = suite.eval.splits[-1]  # the split shown in sample grids and summary.json (test, or validation)
     label = f"{method} {reward_name} s{seed}"
 
@@ -278,7 +279,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     warmup = 0.0
     if resume is None:
         final = eval_at([0.0], 0)
-        done_points, rule, elapsed = set(), StopRule(budget), 0.0
+        done, rule, elapsed = set(), StopRule(budget), 0.0  # done: the schedule's fractions evaluated so far
         if budget.kind == "seconds":  # CUDA start-up, kernel selection, compilation: before the clock starts
             on_progress(0.0, f"{label}: warm-up step (uncharged, undone)")
             warmup = warm_up(policy, algo, meter)
@@ -290,7 +291,8 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             checkpoint.cut_logs(run_dir, progress["logs"])
         dist.barrier()
         counters = dist.sum(meter.counters())
-        done_points, final = set(progress["done_points"]), progress["final"]
+        done, final = set(progress.get("done_fractions") or [i / suite.eval.points for i in
+                                                              progress.get("done_points", [])]), progress["final"]
         rule, elapsed, warmup = StopRule.from_state(budget, progress), progress["elapsed"], progress.get("warmup", 0.0)
     t_start = time.perf_counter() - elapsed  # wall time of every attempt together
     last_save = time.monotonic()
@@ -313,21 +315,21 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             row = schema.TrainRow(algo.steps_done, frac, counters, logs).to_json()
             results.append_jsonl(run_dir / "train.jsonl", [row])
             log.train(row)
-        crossed = [i for i in range(1, points) if i not in done_points and frac >= i / points - 1e-9]
+        crossed = [f for f in schedule[:-1] if f not in done and frac >= f - 1e-9]  # the last: where it stops
         if crossed:
-            done_points.update(crossed)
-            final = eval_at([i / points for i in crossed], algo.steps_done)
+            done.update(crossed)
+            final = eval_at(crossed, algo.steps_done)
         by_time = every.every_minutes > 0 and time.monotonic() - last_save >= 60 * every.every_minutes
         if (crossed or (every.every_steps > 0 and algo.steps_done % every.every_steps == 0)
                 or (every.every_minutes > 0 and dist.sum({"due": float(by_time)})["due"] > 0)):  # all decide alike
             checkpoint.save(run_dir, config, policy, algo, meter, {
-                "done_points": sorted(done_points), **rule.state(), "final": final, "warmup": warmup,
+                "done_fractions": sorted(done), **rule.state(), "final": final, "warmup": warmup,
                 "elapsed": time.perf_counter() - t_start}, dist)
             last_save = time.monotonic()
         on_progress(frac, f"{label}: step {algo.steps_done}, batch mean {reward_name} "
                           f"{logs.get('reward_mean', float('nan')):.3g}")
     # The last evaluation point is where the run stopped: the next step would not have fit in the budget.
-    final = eval_at([i / points for i in range(1, points + 1) if i not in done_points], algo.steps_done)
+    final = eval_at([f for f in schedule if f not in done], algo.steps_done)
 
     if dist.is_main:
         from safetensors.torch import save_file
