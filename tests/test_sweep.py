@@ -24,7 +24,7 @@ TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress",
         "--set", "eval.points=1", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
         "--set", "eval.min_images=0", "--set", "rocm.batch_size=4", "--set", "ddpo.train_batch_size=4",
         "--set", "ddpo.prompts_per_step=2", "--set", "ddpo.samples_per_prompt=2"]  # a knob fixed by --set
-SWEEP = ["sweep", "--methods", "rocm-kl,ddpo", "--trials", "2", *TINY]
+SWEEP = ["sweep", "--methods", "rocm-kl,ddpo", "--sampler", "tpe", "--trials", "2", *TINY]
 
 
 def bench(*args, check=True):
@@ -238,7 +238,10 @@ def test_bad_sweep_input_is_one_line_and_exit_2(swept, tmp_path, capsys, monkeyp
     out, _, _ = swept
     for args, match in [
         (["sweep", "--methods", "rocm-kll", *TINY], "did you mean 'rocm-kl'"),
-        (["sweep", "--trials", "0", *TINY], "--trials must be >= 1"),
+        (["sweep", "--sampler", "tpe", "--trials", "0", *TINY], "--trials must be >= 1"),
+        (["sweep", "--sweep-seeds", "100", *TINY], ">= 2 sweep seeds"),
+        (["sweep", "--lr-points", "1", *TINY], "--lr-points must be >= 2"),
+        (["sweep", "--budgets", "100nfe,1s", *TINY], "one unit"),
         (["sweep", "--select", "brightness", *TINY], "training reward"),
         (["sweep", "--sampler", "grd", *TINY], "did you mean 'grid'"),
         (["sweep", "--methods", "rocm-kl", "--set", "method.lr=1e-3", "--set", "rocm.beta=1", *TINY], "no knobs"),
