@@ -57,10 +57,11 @@ from bench.run.config import (
 from bench.run.evaluate import evaluate, image_grid_png, prepare_references
 from bench.run.trackers import RunLog
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
 first 16 prompts of two splits, denoiser-only compute, budgets overshot by up to one step. 2: three splits,
-every prompt evaluated, every module's FLOPs charged, budgets matched within 0.5% (bench/run/budget.py)."""
+every prompt evaluated, every module's FLOPs charged, budgets matched within 0.5% (bench/run/budget.py). 3: the
+dense early evaluation schedule, per-image scores kept, time budgets with an uncharged warm-up."""
 
 
 def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:
