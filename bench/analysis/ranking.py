@@ -1,0 +1,77 @@
+"""Which method is better than which, at the strength the data allow: paired comparisons of every pair of systems
+(method, training reward) on the per-image scores of one metric at one compute point, Holm-corrected over all
+pairs (bench/analysis/stats.py), tabulated as significant wins, losses and ties; with each system's mean and interval
+over every source of noise and the minimum detectable difference of the table.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.analysis import stats
+from bench.results.io import read_json
+from bench.results.scores import read_scores
+
+
+def scores_at(run_dir: Path, split: str, metric: str, target: float | None, tolerance: float = 0.05) -> np.ndarray | None:
+    """A run's (prompts, images) scores of `metric` on `split` at compute `target` (in the run's budget unit; None:
+    its last evaluation), the evaluation nearest to it within `tolerance` × target; None where there is none."""
+    entries = [e for e in read_scores(run_dir) if metric in e["scores"].get(split, {})]
+    if not entries:
+        return None
+    if target is None:
+        return entries[-1]["scores"][split][metric]
+    amount = float(read_json(Path(run_dir) / "config.json")["budget"]["amount"])
+    x = [e["budget_used"] * amount for e in entries]
+    i = int(np.argmin([abs(v - target) for v in x]))
+    return entries[i]["scores"][split][metric] if abs(x[i] - target) <= tolerance * target else None
+
+
+def system_scores(runs: pd.DataFrame, split: str, metric: str, target: float | None) -> dict[str, np.ndarray]:
+    """{system: x[seed, prompt, image]} over the seeds every system has at `target` (pairing needs the same seeds:
+    seeds missing from one system are left out of all). `runs` has run_dir, method, reward, seed."""
+    per: dict[str, dict[int, np.ndarray]] = {}
+    for r in runs.itertuples():
+        x = scores_at(Path(r.run_dir), split, metric, target)
+        if x is not None:
+            per.setdefault(system(r.method, r.reward), {})[int(r.seed)] = x
+    if not per:
+        return {}
+    common = sorted(set.intersection(*(set(v) for v in per.values())))
+    return {k: np.stack([v[s] for s in common]) for k, v in per.items() if common}
+
+
+def system(method: str, reward: str) -> str:
+    return f"{method}@{reward}"
+
+
+def ranking(scores: dict[str, np.ndarray], higher: bool, alpha: float = stats.ALPHA) -> tuple[pd.DataFrame, list]:
+    """(one row per system: mean, interval, significant wins / losses / ties, sorted by mean; the comparisons)."""
+    comps = stats.pairwise(scores, alpha)
+    rows = []
+    for name, x in scores.items():
+        e = stats.estimate(x)
+        won, lost, tied = [], [], []
+        for c in comps:
+            if name not in (c.a, c.b):
+                continue
+            other, diff = (c.b, c.diff) if c.a == name else (c.a, -c.diff)
+            (tied if not c.significant else won if (diff > 0) == higher else lost).append(other)
+        rows.append({"system": name, "mean": e.mean, "ci": e.half_width, "seeds": x.shape[0],
+                     "wins": len(won), "losses": len(lost), "ties": len(tied),
+                     "better than": ", ".join(sorted(won)), "ties with": ", ".join(sorted(tied))})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values("mean", ascending=not higher).reset_index(drop=True)
+    return table, comps
+
+
+def detectable(comps: list) -> float:
+    """The table's minimum detectable difference: the median over its comparisons, each at Holm's first step."""
+    if not comps:
+        return math.nan
+    return float(np.median([stats.minimum_detectable(c.difference, len(comps)) for c in comps]))
