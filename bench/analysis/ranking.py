@@ -31,18 +31,27 @@ def scores_at(run_dir: Path, split: str, metric: str, target: float | None, tole
     return entries[i]["scores"][split][metric] if abs(x[i] - target) <= tolerance * target else None
 
 
-def system_scores(runs: pd.DataFrame, split: str, metric: str, target: float | None) -> dict[str, np.ndarray]:
-    """{system: x[seed, prompt, image]} over the seeds every system has at `target` (pairing needs the same seeds:
-    seeds missing from one system are left out of all). `runs` has run_dir, method, reward, seed."""
-    per: dict[str, dict[int, np.ndarray]] = {}
+def per_seed(runs: pd.DataFrame, split: str, metric: str, target: float | None) -> dict[str, dict[int, np.ndarray]]:
+    """{system: {seed: (prompts, images) scores}} of the runs (run_dir, method, reward, seed) that have them."""
+    out: dict[str, dict[int, np.ndarray]] = {}
     for r in runs.itertuples():
         x = scores_at(Path(r.run_dir), split, metric, target)
         if x is not None:
-            per.setdefault(system(r.method, r.reward), {})[int(r.seed)] = x
+            out.setdefault(system(r.method, r.reward), {})[int(r.seed)] = x
+    return out
+
+
+def paired(per: dict[str, dict[int, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{system: x[seed, prompt, image]} over the seeds every system has (pairing needs the same seeds)."""
     if not per:
         return {}
     common = sorted(set.intersection(*(set(v) for v in per.values())))
-    return {k: np.stack([v[s] for s in common]) for k, v in per.items() if common}
+    return {k: np.stack([v[s] for s in common]) for k, v in per.items()} if common else {}
+
+
+def system_scores(runs: pd.DataFrame, split: str, metric: str, target: float | None) -> dict[str, np.ndarray]:
+    """paired(per_seed(...)): every system's scores over the common seeds."""
+    return paired(per_seed(runs, split, metric, target))
 
 
 def system(method: str, reward: str) -> str:
@@ -75,3 +84,20 @@ def detectable(comps: list) -> float:
     if not comps:
         return math.nan
     return float(np.median([stats.minimum_detectable(c.difference, len(comps)) for c in comps]))
+
+
+def final_scores(runs: pd.DataFrame, ev: pd.DataFrame, metric: str,
+                 split: str) -> tuple[dict[str, dict[int, np.ndarray]], str]:
+    """({system: {seed: (prompts, images)}} at each run's last evaluation, what an interval is over). Per-image scores
+    where every run has them; otherwise (set metrics such as FID, or folders written before they were kept) each
+    run's value as a (1, 1) array, so that the same scheme runs over seeds alone."""
+    per = per_seed(runs.assign(run_dir=runs["dir"].astype(str)), split, metric, None)
+    if per and sum(len(v) for v in per.values()) == len(runs):
+        return per, "seeds, prompts, images"
+    rows = ev[(ev["metric"] == metric) & (ev["split"] == split)]
+    last = rows.loc[rows.groupby("run_id")["fraction"].idxmax()] if not rows.empty else rows
+    out: dict[str, dict[int, np.ndarray]] = {}
+    for r in last.itertuples():
+        if math.isfinite(r.value):
+            out.setdefault(system(r.method, r.reward), {})[int(r.seed)] = np.array([[float(r.value)]])
+    return out, "seeds"

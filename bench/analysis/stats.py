@@ -74,7 +74,10 @@ class Estimate:
 
     @property
     def p(self) -> float:
-        """Two-sided p-value of "the true mean is 0" (for a difference: no difference)."""
+        """Two-sided p-value of "the true mean is 0" (for a difference: no difference); 1 when no source of noise
+        could be estimated at all (one seed of a set metric): nothing can be concluded."""
+        if not any(n > 1 for n in self.counts.values()):
+            return 1.0
         if self.variance <= 0:
             return 0.0 if self.mean != 0 else 1.0
         return float(2 * scipy_stats.t.sf(abs(self.mean) / self.se, self.df))
