@@ -19,8 +19,8 @@ first-order method a ViT forward and backward per image, for the policy-gradient
 published model profile.) Each class is the real reward's class with only `load` — where the weights come from —
 replaced: the preprocessing in torch, the text tower and its per-prompt cache, the tokenizer's padding, the score
 and every meter charge run the same lines as the real reward's. Weights are drawn from `SEED` by each library's
-own initialisation, on the reward's device (a GPU draws a ViT-H in a fraction of the CPU's time; `device="meta"`
-builds one without memory), inside a forked RNG so that the run's random streams are untouched. Tokenizers are the
+own initialisation, on the reward's device (on a GPU without a CPU copy to move; `device="meta"` builds them
+without memory), inside a forked RNG so that the run's random streams are untouched. Tokenizers are the
 real ones, without a download: CLIP's BPE from open_clip's copy (bench/core/clip_bpe.py; open_clip's own tokenizer
 for HPSv2, as the real reward), and BLIP's `bert-base-uncased` WordPiece vocabulary shipped in
 rewards/data/bert-base-uncased (its README says where it comes from).
