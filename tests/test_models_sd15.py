@@ -14,7 +14,8 @@ import math
 import pytest
 import torch
 
-from bench.models.sd15 import UNET, VAE, clip_tokenizer, sd15_modules
+from bench.core.clip_bpe import clip_tokenizer
+from bench.models.sd15 import UNET, VAE, sd15_modules
 
 # Published sizes: stable-diffusion-v1-5's unet 859,520,964, vae 83,653,863, text_encoder 123,060,480; the LCM
 # guidance embedding adds time_embedding.cond_proj, a bias-free Linear(256 -> 320).

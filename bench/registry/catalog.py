@@ -100,6 +100,13 @@ REWARDS: dict[str, str] = {
     "hpsv21": "rewards.hpsv2:HPSv21",
     "imagereward": "rewards.imagereward:ImageReward",
     "aesthetic": "rewards.aesthetic:Aesthetic",
+    # The same networks at full size with random weights, no download (rewards/random_weights.py): to measure a
+    # real reward's cost on `sd15-lcm-random` (`bench perf --reward`, `bench run --rewards`), never for results.
+    "pickscore-random": "rewards.random_weights:PickScoreRandom",
+    "hpsv2-random": "rewards.random_weights:HPSv2Random",
+    "imagereward-random": "rewards.random_weights:ImageRewardRandom",
+    "clip-random": "rewards.random_weights:ClipScoreRandom",
+    "aesthetic-random": "rewards.random_weights:AestheticRandom",
 }
 
 # Set metrics (evaluation only) and the built-in per-sample "kl-to-base" are metrics but not rewards.
