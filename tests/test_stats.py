@@ -7,8 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.analysis.stats import (Estimate, compare, estimate, holm, minimum_detectable, pairwise,
-                                  significantly_best, source_variances)
+from bench.analysis.stats import (
+    Estimate,
+    compare,
+    estimate,
+    holm,
+    minimum_detectable,
+    pairwise,
+    significantly_best,
+    source_variances,
+)
 
 
 def test_holm_by_hand():
