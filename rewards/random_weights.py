@@ -21,9 +21,12 @@ replaced: the preprocessing in torch, the text tower and its per-prompt cache, t
 and every meter charge run the same lines as the real reward's. Weights are drawn from `SEED` by each library's
 own initialisation, on the reward's device (on a GPU without a CPU copy to move; `device="meta"` builds them
 without memory), inside a forked RNG so that the run's random streams are untouched. Tokenizers are the
-real ones, without a download: CLIP's BPE from open_clip's copy (bench/core/clip_bpe.py; open_clip's own tokenizer
-for HPSv2, as the real reward), and BLIP's `bert-base-uncased` WordPiece vocabulary shipped in
-rewards/data/bert-base-uncased (its README says where it comes from).
+real ones where they ship with a dependency: CLIP's BPE from open_clip's copy (bench/core/clip_bpe.py; open_clip's
+own tokenizer for HPSv2, as the real reward). BLIP's `bert-base-uncased` WordPiece vocabulary ships with nothing this
+project installs, and no third-party data file is committed here: `imagereward-random` tokenizes with a WordPiece
+vocabulary of bert-base-uncased's size and special-token ids, made from CLIP's BPE words (`bert_like_vocab`). The
+cost is the same — ImageReward pads every prompt to 35 tokens and its embedding table has the same 30,524 rows —
+only which id a word gets differs.
 
 Their scores are noise: `bench ls` and every result row say "random" (name and version). The real HPS v2.1 has
 v2.0's network, so `hpsv2-random` stands for both.
@@ -92,7 +95,33 @@ MED_CONFIG: dict[str, Any] = {
 # shapes. (out, in) per Linear at its nn.Sequential index (dropouts between).
 HEAD_768: dict[str, tuple[int, int]] = {"0": (1024, 768), "2": (128, 1024), "4": (64, 128), "6": (16, 64),
                                         "7": (1, 16)}
-BERT_UNCASED = Path(__file__).parent / "data" / "bert-base-uncased"  # vocab.txt + tokenizer_config.json
+BERT_SIZE = 30_522  # bert-base-uncased's WordPiece vocabulary; BLIP adds [DEC] and [ENC]: med_config's 30,524
+BERT_SPECIALS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}  # bert-base-uncased's ids
+
+
+def bert_like_vocab(folder: Path) -> Path:
+    """A WordPiece vocabulary of bert-base-uncased's size and special ids in `folder` (vocab.txt): the specials at
+    their ids, [unusedK] fillers below 1000 as BERT has, then single characters, then CLIP's BPE words (whole words
+    as they are, word pieces as ##pieces) until BERT_SIZE. Returns the folder (BertTokenizer reads it)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokens = [BERT_SPECIALS.get(i, f"[unused{i}]") for i in range(104)] + [f"[unused{i}]" for i in range(104, 999)]
+    seen = set(tokens)
+    chars = [chr(c) for c in range(33, 127) if not chr(c).isupper()]
+    words = []
+    for piece in SimpleTokenizer().encoder:
+        word = piece[:-4] if piece.endswith("</w>") else "##" + piece
+        if word.replace("##", "").isascii() and word.replace("##", "").isalnum():
+            words.append(word.lower())
+    for token in [*chars, *(f"##{c}" for c in chars), *words]:
+        if token not in seen:
+            seen.add(token)
+            tokens.append(token)
+        if len(tokens) == BERT_SIZE:
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    return folder
 
 
 @contextmanager
@@ -150,9 +179,12 @@ class ImageRewardRandom(ImageReward):
     name, version = "imagereward-random", f"{VERSION}:{ImageReward.version}-architecture"
 
     def load(self):
+        import tempfile
+
         with random_init(self.device):
             model = ImageRewardNet(MED_CONFIG, BLIP_VIT_L, HEAD_768)
-        return model, blip_tokenizer(BERT_UNCASED)
+        with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads its vocabulary once, at construction
+            return model, blip_tokenizer(bert_like_vocab(Path(tmp)))
 
 
 class AestheticRandom(Aesthetic):

@@ -227,16 +227,17 @@ def test_imagereward_count_is_the_image_reward_packages_own(monkeypatch, tmp_pat
 
 # ---- tokenizers, seeds -------------------------------------------------------------------------------------------
 
-def test_imagereward_random_tokenizes_with_bert_base_uncased():
-    """The shipped vocabulary is bert-base-uncased's: transformers' BERT documentation tokenizes "Hello, my dog is
-    cute" with it as these ids; BLIP adds [DEC] and [ENC], giving med_config's 30,524 embeddings."""
-    from rewards.random_weights import BERT_UNCASED, MED_CONFIG
+def test_imagereward_random_tokenizes_like_bert_base_uncased(tmp_path):
+    """A vocabulary of bert-base-uncased's size and special ids ([CLS] 101, [SEP] 102, [PAD] 0): a prompt is
+    [CLS] words [SEP], its words known (no [UNK]); BLIP adds [DEC] and [ENC]: med_config's 30,524 embeddings."""
+    from rewards.random_weights import BERT_SIZE, MED_CONFIG, bert_like_vocab
 
+    assert len((bert_like_vocab(tmp_path) / "vocab.txt").read_text().splitlines()) == BERT_SIZE == 30_522
     reward = on_meta("imagereward-random")
     tok = reward.tokenizer
-    assert tok("Hello, my dog is cute").input_ids == [101, 7592, 1010, 2026, 3899, 2003, 10140, 102]
-    assert len(tok) == MED_CONFIG["vocab_size"] == 30_524 and tok.bos_token == "[DEC]"
-    assert len((BERT_UNCASED / "vocab.txt").read_text().splitlines()) == 30_522
+    ids = tok("a photo of a red cat").input_ids
+    assert ids[0] == 101 and ids[-1] == 102 and tok.unk_token_id not in ids and len(ids) == 8
+    assert len(tok) == MED_CONFIG["vocab_size"] == 30_524 and tok.bos_token == "[DEC]" and tok.pad_token_id == 0
     ids, mask = reward.tokens(PROMPTS)
     assert ids.shape == mask.shape == (2, 35)  # padded to ImageReward's 35 tokens, as the real reward
 
