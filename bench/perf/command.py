@@ -100,7 +100,9 @@ def run_perf(model: str, methods: list[str], repeats: int, sets: list[str], out:
         log("peak memory: skipped, out of time")
         peaks, sweep = [{"step_peak_mib": float("nan"), "peak_mib": float("nan")}] * len(methods), []
     else:
-        peaks, sweep = measure_memory(plan, len(methods), shared if dev.type == "cuda" else None, log)
+        size = sum(p.numel() for m in shared for p in getattr(m, "parameters", lambda: [])()) + sum(
+            p.numel() for v in vars(shared[1]).values() if isinstance(v, torch.nn.Module) for p in v.parameters())
+        peaks, sweep = measure_memory(plan, len(methods), shared if dev.type == "cuda" else None, log, size)
     for name, peak in zip(methods, peaks):
         if name in result["methods"]:
             result["methods"][name].update(peak)

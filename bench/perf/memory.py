@@ -105,7 +105,11 @@ def memory_plan(model: str, methods: list[str], sets: list[str], device: str, st
     return sweep, jobs, keys
 
 
-def measure_memory(plan: tuple, n_methods: int, shared=None, log=lambda msg: None) -> tuple[list[dict], list[dict]]:
+LARGE = 5e7  # parameters of model and reward beyond which the CPU's memory children run one at a time
+
+
+def measure_memory(plan: tuple, n_methods: int, shared=None, log=lambda msg: None,
+                   parameters: float = 0.0) -> tuple[list[dict], list[dict]]:
     """(peak of each method's step, ROCM's sweep rows) of a `memory_plan`. Identical resolved configurations are
     measured once. On a CPU each in a child process, the children in parallel (peaks are per process); on a GPU
     in this process, on `shared` = (policy, reward) when given (the timings' build)."""
@@ -143,7 +147,8 @@ def measure_memory(plan: tuple, n_methods: int, shared=None, log=lambda msg: Non
         except BrokenProcessPool:
             raise BenchError(f"the peak-memory process of {job[1]} {job[2]} died (out of memory?)") from None
 
-    workers = min(len(unique), os.cpu_count() or 1)
+    # a real-size model's child holds several GB: one at a time beside the parent (two did not fit in 24 GB)
+    workers = 1 if parameters > LARGE else min(len(unique), os.cpu_count() or 1)
     log(f"peak memory: {len(unique)} configurations, one process each, {workers} at a time")
     with ThreadPoolExecutor(workers) as pool:
         found = dict(zip(unique, pool.map(one, [jobs[keys.index(k)] for k in unique])))
