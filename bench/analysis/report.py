@@ -80,33 +80,41 @@ LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: the mean over se
 
 def compare_rows(finals: dict, table: pd.DataFrame, metrics: list[str],
                  hib: dict[str, bool]) -> tuple[str, dict[str, str | None]]:
-    """comparisons.md (every pair of unhacked rows per metric, paired, Holm-corrected: wins, ties, losses and the
-    minimum detectable difference) and, per metric, the row significantly better than every other, or None."""
+    """comparisons.md (every pair of rows per metric, paired and Holm-corrected over the metric's pairs: wins,
+    ties, losses and the minimum detectable difference) and, per metric, the row that is not flagged hacked and is
+    significantly better than every other such row (the one to bold), or None: a tie."""
     from bench.analysis.ranking import detectable, paired, ranking
 
-    clean = {f"{m}@{r}" for m, r, h in zip(table["method"], table["reward"], table["hacked"])
-             if not h and m != "base model"}
+    rows = {f"{m}@{r}": bool(h) for m, r, h in zip(table["method"], table["reward"], table["hacked"])
+            if m != "base model"}
     lines, significant = ["# Pairwise comparisons (bench report)\n",
-                          "Every pair of rows not flagged hacked, per metric, on the reported split at each run's "
-                          "last evaluation: paired (the same prompts, images and seeds), Holm-corrected over the "
-                          "metric's pairs; a difference with corrected p < 0.05 is a win, anything else a tie.\n"], {}
+                          "Every pair of rows, per metric, on the reported split at each run's last evaluation: "
+                          "paired (the same prompts, images and seeds), Holm-corrected over the metric's pairs; a "
+                          "difference with corrected p < 0.05 is a win, anything else a tie. Bold in the table: the "
+                          "row not flagged hacked that wins against every other such row.\n"], {}
     for m in metrics:
         per, over = finals.get(m, ({}, "seeds"))
-        scores = paired({k: v for k, v in per.items() if k in clean})
+        scores = paired({k: v for k, v in per.items() if k in rows})
+        significant[m] = None
         if len(scores) < 2:
-            significant[m] = None
+            lines.append(f"## {m}\n\nNo comparison: fewer than two rows with scores on common seeds.\n")
             continue
         higher = hib.get(m, True)
         ranked, comps = ranking(scores, higher)
-        best = ranked.iloc[0]
-        significant[m] = best["system"] if best["wins"] == len(scores) - 1 else None
+        clean = [k for k in ranked["system"] if not rows[k]]  # best first
+        if clean:
+            top = clean[0]
+            beats = {c.b if c.a == top else c.a for c in comps if top in (c.a, c.b) and c.significant
+                     and ((c.diff if c.a == top else -c.diff) > 0) == higher}
+            significant[m] = top if set(clean[1:]) <= beats else None
         lines += [f"## {m} ({'↑' if higher else '↓'}; over {over}; {ranked['seeds'].min()} common seeds)\n",
-                  f"Minimum detectable difference: {detectable(comps):.4g}. Significantly best: "
-                  f"{significant[m] or 'none (a tie)'}.\n",
-                  "| system | mean ± 95% CI | wins | ties | losses | significantly better than |",
-                  "|---|---|---|---|---|---|",
-                  *(f"| {r['system']} | {pm(r['mean'], r['ci'])} | {r['wins']} | {r['ties']} | {r['losses']} | "
-                    f"{r['better than'] or '—'} |" for r in ranked.to_dict("records")), ""]
+                  f"Minimum detectable difference: {detectable(comps):.4g}. Significantly best of the rows not "
+                  f"flagged hacked: {significant[m] or 'none (a tie)'}.\n",
+                  "| system | mean ± 95% CI | hacked | wins | ties | losses | significantly better than |",
+                  "|---|---|---|---|---|---|---|",
+                  *(f"| {r['system']} | {pm(r['mean'], r['ci'])} | {'yes' if rows[r['system']] else ''} | "
+                    f"{r['wins']} | {r['ties']} | {r['losses']} | {r['better than'] or '—'} |"
+                    for r in ranked.to_dict("records")), ""]
     return "\n".join(lines) + "\n", significant
 
 
