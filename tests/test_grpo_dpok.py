@@ -326,7 +326,7 @@ def test_one_step_changes_the_lora_weights(tiny_policy, train_prompts, cls, fiel
     (GRPO, {"adv_eps": -1.0}, "adv_eps must be >= 0"),
     (GRPO, {"beta": -0.1}, "beta must be >= 0"),
     (DPOK, {"divergence": "kll"}, "did you mean 'kl'"),
-    (DPOK, {"beta": float("nan")}, "beta must be >= 0"),
+    (DPOK, {"beta": float("nan")}, "beta must be a finite number"),
     (DPOK, {"per_dim": "maybe"}, "per_dim setting"),
     (DPOK, {"batch_size": 8}, "must equal prompts_per_step x samples_per_prompt"),
 ])

@@ -141,7 +141,7 @@ def test_stopped_trials_are_counted_but_never_selected(tmp_path):
         study.enqueue_trial({"lr": value}, user_attrs={"folder": "x", "hacked": [] if score > 0 else None})
         study.tell(study.ask({"lr": lr}), score)
     table = write_outputs(tmp_path, s)
-    assert "| ddpo | brightness | colorfulness | 2 | 1 | 0.5 | 0.5 | 0.5 | 0% | lr=0.001 |" in table
+    assert "| ddpo | brightness | 200nfe | 2 | 1 | 0.5 | 0.5 | 0.5 | 0% | lr=0.001 | 0.5 |" in table
     assert json.loads((tmp_path / "selected.json").read_text())["methods"]["ddpo"]["brightness"]["trial"] == 1
 
 
@@ -181,9 +181,9 @@ def test_selection_uses_validation_and_sweep_seeds_and_is_written(swept):
             if ".interrupted" not in run.name:
                 assert {r["split"] for r in eval_rows(run)} == {"train", "validation"}  # never test
     table = (out / "sensitivity.md").read_text()
-    assert "| rocm-kl | brightness | colorfulness | 2 |" in table and "| ddpo | brightness |" in table
+    assert "| rocm-kl | brightness | 200nfe | 2 |" in table and "Selection by colorfulness ↑" in table and "| ddpo | brightness |" in table
     assert table.strip() in p.stdout
-    assert (out / "sensitivity.csv").read_text().startswith("method,reward,metric,trials,stopped,min,median,max")
+    assert (out / "sensitivity.csv").read_text().startswith("method,reward,budget,metric,trials,stopped,min,median,max")
 
 
 def test_from_sweep_runs_the_selected_configuration_on_test_prompts(swept, tmp_path):

@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench.analysis import stats
 from bench.results.io import read_json
-from bench.results.scores import read_scores
+from bench.results.scores import at_fraction, read_scores
 
 
 def scores_at(run_dir: Path, split: str, metric: str, target: float | None, tolerance: float = 0.05) -> np.ndarray | None:
@@ -91,11 +91,18 @@ def final_scores(runs: pd.DataFrame, ev: pd.DataFrame, metric: str,
     """({system: {seed: (prompts, images)}} at each run's last evaluation, what an interval is over). Per-image scores
     where every run has them; otherwise (set metrics such as FID, or folders written before they were kept) each
     run's value as a (1, 1) array, so that the same scheme runs over seeds alone."""
-    per = per_seed(runs.assign(run_dir=runs["dir"].astype(str)), split, metric, None)
-    if per and sum(len(v) for v in per.values()) == len(runs):
-        return per, "seeds, prompts, images"
     rows = ev[(ev["metric"] == metric) & (ev["split"] == split)]
     last = rows.loc[rows.groupby("run_id")["fraction"].idxmax()] if not rows.empty else rows
+    # the scores of the evaluation eval.jsonl ends with: a run killed between writing its scores and its eval row
+    # (or whose later rows were lost) is reported where its table row says it stopped
+    stop = dict(zip(last["run_id"], last["fraction"]))
+    per: dict[str, dict[int, np.ndarray]] = {}
+    for r in runs.itertuples():
+        entry = at_fraction(read_scores(Path(r.dir)), stop[r.run_id]) if r.run_id in stop else None
+        if entry is not None and metric in entry["scores"].get(split, {}):
+            per.setdefault(system(r.method, r.reward), {})[int(r.seed)] = entry["scores"][split][metric]
+    if per and sum(len(v) for v in per.values()) == len(runs):
+        return per, "seeds, prompts, images"
     out: dict[str, dict[int, np.ndarray]] = {}
     for r in last.itertuples():
         if math.isfinite(r.value):

@@ -182,7 +182,7 @@ def write_outputs(out: Path, s: SweepSettings) -> str:
         hacked = "n/a" if row["hacked"] is None else f"{row['hacked']:.0%}"
         md.append(f"| {row['method']} | {row['reward']} | {row['budget']} | {row['trials']} | {row['stopped']} | "
                   f"{_fmt(row['min'])} | {_fmt(row['median'])} | {_fmt(row['max'])} | {hacked} | {row['selected']} "
-                  f"| {_fmt(row['score'])} ± {_fmt(row['se'])} | {'tie' if row['tie'] else ''} | "
+                  f"| {_fmt(row['score'])}{_pm(row['se'])} | {'tie' if row['tie'] else ''} | "
                   f"{row['edges']} |")
     md += ["", "min / median / max: the trials' selection scores at the run's length; stopped: trials ended by a "
            "non-finite loss (scored worst); hacked: share of trials in which some seed's run raised the training "
@@ -196,7 +196,13 @@ def write_outputs(out: Path, s: SweepSettings) -> str:
 
 
 def _fmt(x: Any) -> str:
-    return "–" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}" if isinstance(x, float) \
+        else str(x)
+
+
+def _pm(se: Any) -> str:
+    """' ± se', or nothing where the score has no standard error (one sweep seed and no per-image scores)."""
+    return f" ± {se:.4g}" if isinstance(se, float) and math.isfinite(se) else ""
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
