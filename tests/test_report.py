@@ -32,6 +32,7 @@ from bench.core.errors import BenchError
 from bench.registry.catalog import MODEL_DEFAULTS
 from bench.results import schema
 from bench.results.io import append_jsonl, read_json, read_jsonl, run_id, write_json_atomic
+from bench.run.runner import PROTOCOL
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["rocm-kl", "rocm-none", "ddpo"]
@@ -247,7 +248,7 @@ def test_imports_no_torch(runner_suite, tmp_path):
 def test_manifest_keeps_every_command(runner_commands):
     suite, argvs = runner_commands
     data = read_json(suite / "manifest.json")
-    assert data["schema"] == schema.SCHEMA_VERSION and data["protocol"] == 2
+    assert data["schema"] == schema.SCHEMA_VERSION and data["protocol"] == PROTOCOL
     man = schema.Manifest.from_json(data)
     assert [c.argv for c in man.commands] == argvs and [c.seeds for c in man.commands] == [[0], [1]]
     assert man.seeds == SEEDS and man.budget["text"] == BUDGET and man.config["methods"] == METHODS
@@ -293,7 +294,7 @@ def test_a_schema_0_manifest_is_resumed_with_its_command_kept(runner_commands, t
     new = read_json(suite / "manifest.json")
     last = new["commands"][-1]
     write_json_atomic(suite / "manifest.json", {"argv": last["argv"], "config": new["config"], "created": last["time"],
-                                                "device": last["device"], "git": last["git"], "protocol": 2,
+                                                "device": last["device"], "git": last["git"], "protocol": PROTOCOL,
                                                 "versions": last["versions"]})
     again = bench_run(*suite_args(suite, 1))  # every run complete: only the manifest changes
     man = schema.Manifest.from_json(read_json(suite / "manifest.json"))
