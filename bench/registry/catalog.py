@@ -80,11 +80,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rocm-chi2": ("methods.rocm:ROCM", {"divergence": "chi2", "beta": 5.0}),
     "rocm-none": ("methods.rocm:ROCM", {"divergence": "none", "beta": 0.0}),
     # Truncated first-order methods (methods/draft.py, methods/refl.py), unregularised as published: DRaFT-1, and
-    # AlignProp's K uniform on {1, …, N-1} at the default N = 4 sampling steps.
+    # AlignProp's K uniform on {1, …, N-1} (k = 0: up to N - 1, whatever the sampler's N).
     "draft-k": ("methods.draft:Draft", {"k": 1}),
-    "alignprop": ("methods.draft:Draft", {"k_min": 1, "k": 3}),
+    "alignprop": ("methods.draft:Draft", {"k_min": 1, "k": 0}),
     "refl": ("methods.refl:ReFL", {}),
     "ddpo": ("methods.ddpo:DDPO", {}),
+    # DDPO's PPO-clip plus β x the per-step KL to the reference at the stored states: the estimator this registry
+    # called "dpok" before it followed DPOK's published algorithm (methods/ddpo.py; docs/methods.md §4).
+    "ddpo-kl": ("methods.ddpo:DDPO", {"beta": 0.3}),
     "d3po": ("methods.d3po:D3PO", {}),
     "grpo": ("methods.grpo:GRPO", {}),
     "dpok": ("methods.dpok:DPOK", {}),
