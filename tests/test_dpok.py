@@ -271,3 +271,20 @@ def test_bad_config_is_one_line(fields, steps, match) -> None:
     with pytest.raises(BenchError, match=match) as e:
         build(steps=steps, **fields)
     assert "\n" not in str(e.value)
+
+
+# ---- two processes ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path) -> None:
+    """(~1-3 minutes: `pytest -m slow tests/test_dpok.py`.) tests/test_distributed.py's check for DPOK: every process draws the same prompts, noise and replay indices,
+    keeps its own rows of each round, and sums the policy's and the value function's gradients: the same compute
+    and, within assert_same_training's float tolerance, the same weights as one process."""
+    args = ["run", "--model", "tiny", "--methods", "dpok", "--rewards", "brightness", "--budget", "150nfe",
+            "--no-progress", "--set", "eval.points=1", "--set", "eval.max_prompts=2", "--set", "eval.min_images=0",
+            "--set", "dpok.batch_size=4", "--set", "dpok.updates_per_step=2", "--set", "dpok.accumulation=2",
+            "--set", "dpok.train_batch_size=4", "--set", "dpok.kl_weight=1"]
+    from tests.multiprocess import assert_same_training, one_and_two_processes, tiny_initial_weights
+
+    one, two, _ = one_and_two_processes(args, tmp_path)
+    name = "dpok__brightness__seed0"
+    assert_same_training(one / "runs" / name, two / "runs" / name, tiny_initial_weights(0))
