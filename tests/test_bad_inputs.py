@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import assert_one_line_error
 
-TINY = ["--model", "tiny", "--budget", "100nfe"]
+TINY = ["--model", "tiny", "--budget", "1000nfe"]
 
 
 @pytest.mark.parametrize("args,match", [

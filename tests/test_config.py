@@ -33,7 +33,8 @@ def test_meter_counts_backward_twice_and_pauses():
 
 
 def suite(**kw):
-    base = dict(methods=["rocm-kl", "ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("100nfe"))
+    # 1000 NFE: more than one default step of each method at up to 8 sampling steps (validate refuses less)
+    base = dict(methods=["rocm-kl", "ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("1000nfe"))
     return SuiteConfig(**(base | kw))
 
 

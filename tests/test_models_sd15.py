@@ -56,7 +56,7 @@ def test_the_registry_knows_it():
 FAMILIES = ["rocm-kl", "draft-k", "refl", "ddpo", "grpo", "dpok", "rebel", "d3po"]  # one entry per method module
 SMALL = ["model.resolution=64", "sampler.steps=2", "method.batch_size=2", "method.train_batch_size=2",
          "method.prompts_per_step=1", "method.samples_per_prompt=2", "d3po.train_batch_size=1",
-         "rebel.train_batch_size=1"]
+         "rebel.train_batch_size=1", "refl.step_min=0", "dpok.updates_per_step=1", "dpok.accumulation=1"]
 
 
 @pytest.mark.slow

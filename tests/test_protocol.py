@@ -1,4 +1,4 @@
-"""Protocol 2 (docs/protocol.md), checked on what the real runner writes: every evaluation row covers every prompt
+"""The protocol (docs/protocol.md), checked on what the real runner writes: every evaluation row covers every prompt
 of its split with enough images, the splits are disjoint, validation is evaluated only when asked for, and the
 protocol version is recorded."""
 

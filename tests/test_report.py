@@ -33,6 +33,7 @@ from bench.registry.catalog import MODEL_DEFAULTS
 from bench.results import schema
 from bench.run.runner import PROTOCOL
 from bench.results.io import append_jsonl, read_json, read_jsonl, run_id, write_json_atomic
+from bench.run.runner import PROTOCOL
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["rocm-kl", "rocm-none", "ddpo"]

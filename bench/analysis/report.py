@@ -301,7 +301,8 @@ def index_markdown(suite_dir: Path, manifest: schema.Manifest, runs: pd.DataFram
 
 
 def protocol_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
-    """The protocol version, and for protocol 1 a warning that the folder predates the fair protocol."""
+    """The protocol version, for protocol 1 a warning that the folder predates the fair protocol, and for protocol 2
+    a note that its counts and KLs are measured otherwise than protocol 3's."""
     version = protocol(manifest, runs)
     lines = [f"- **protocol**: {version}"]
     if version < 2:
@@ -311,6 +312,10 @@ def protocol_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
         lines = [f"> **Warning: protocol {version}.** This folder was made before the fair protocol: evaluation "
                  f"on {first} of each split, no validation split, denoiser-only compute. It is kept for "
                  f"reference only.", "", *lines]
+    elif version == 2:
+        lines = ["> **Note: protocol 2.** Its count budgets also charged the sampler's checkpoint recomputation, and "
+                 "its kl-to-base left out the final sampling step: compare its compute and KL columns only with "
+                 "protocol-2 folders (docs/protocol.md).", "", *lines]
     return lines
 
 

@@ -28,6 +28,8 @@ class Knob:
     """A tunable config field and its search range for `bench sweep` (every method gets the same trial count).
 
     Numeric knobs are sampled in [low, high] (log-uniformly when `log`); `choices` makes a categorical knob.
+    A range may follow the sampler: with `high_steps` set, high is sampler.steps + high_steps (e.g. -1: N - 1, the
+    largest truncation that is still not the whole trajectory), made absolute by `TrainConfig.resolved_knobs`.
     """
 
     low: float = 0.0
@@ -36,6 +38,8 @@ class Knob:
     choices: tuple = ()
     integer: bool = False
     """Sample integers in [low, high] (e.g. a group size)."""
+    high_steps: int | None = None
+    """None: `high` as given. An integer h: the upper bound is sampler.steps + h (`high` is ignored)."""
 
 
 @dataclass
@@ -74,15 +78,29 @@ class TrainConfig:
         for every method entry of a suite, after `--set`, before the first run starts; Method.__init__ again."""
         self.resolve(name)
 
+    def nfe_per_step(self, sampler: SamplerConfig) -> int | None:
+        """The denoiser sample-evaluations one outer step charges to the meter's `nfe` (a forward of one sample 1,
+        a backward 2; recomputation not included: bench/core/compute.py), with this config (validated, so derived
+        fields are filled) and `sampler`; where the cost varies with a per-step draw (AlignProp's K, ReFL's j, a
+        D3PO pair dropped as a tie), that of the costliest step. None: not declared (a plugin that does not know);
+        every built-in method declares it, and tests/test_step_cost.py checks it against the meter.
+        bench/run/config.py refuses an `nfe` budget smaller than one step before anything runs."""
+        return None
+
     def knob_scale(self, field: str, latent_dims: int | None) -> float:
         """What a relative knob's range multiplies: the field's value (subclasses may rescale it, e.g. for a
         form of the objective whose natural scale depends on the latent size `latent_dims`, None if unknown)."""
         return float(getattr(self, field))
 
-    def resolved_knobs(self, latent_dims: int | None = None) -> dict[str, Knob]:
-        """KNOBS with every relative knob made absolute around this config's values (see RELATIVE_KNOBS)."""
+    def resolved_knobs(self, latent_dims: int | None = None, steps: int | None = None) -> dict[str, Knob]:
+        """KNOBS with every relative knob made absolute around this config's values (see RELATIVE_KNOBS) and every
+        range that follows the sampler (Knob.high_steps) made absolute for `steps` sampling steps (None: the
+        SamplerConfig default)."""
+        steps = SamplerConfig.steps if steps is None else steps
         out = {}
         for field, knob in self.KNOBS.items():
+            if knob.high_steps is not None:
+                knob = dataclasses.replace(knob, high=steps + knob.high_steps, high_steps=None)
             if field not in self.RELATIVE_KNOBS:
                 out[field] = knob
                 continue

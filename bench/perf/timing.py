@@ -159,7 +159,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
 def time_method(suite: SuiteConfig, name: str, repeats: int, policy, reward) -> dict:
     """Step and bare-compute timings of method `name` on the shared (policy, reward) (bench/perf/setup.py)."""
     algo = build_method(suite, name, policy, reward)
-    meter, keys = policy.meter, ("nfe_forward", "nfe_backward", "images", "reward_calls")
+    meter, keys = policy.meter, ("nfe_forward", "nfe_backward", "nfe_recompute", "images", "reward_calls")
 
     def step() -> tuple[tuple[float, float], dict]:
         before = meter.counters()
@@ -204,7 +204,7 @@ def time_method(suite: SuiteConfig, name: str, repeats: int, policy, reward) -> 
             "samples_per_s": counts["images"] / step_s, "step_times_s": list(step_w), "bare_times_s": bare_w,
             "pair_ratios": [s / b for s, b in zip(step_w, bare_w)], "step_cpu_s": list(step_c), "bare_cpu_s": bare_c,
             "meter_per_step": counts, "same_work_every_step": same,
-            "meter_agrees": counts["nfe_forward"] == n(unet)
+            "meter_agrees": counts["nfe_forward"] == n(fwd) and counts["nfe_recompute"] == n(unet) - n(fwd)
             and counts["nfe_backward"] == n(c for c in fwd if c.backward),
             "calls": {"unet_forward": len(fwd), "unet_recompute": len(unet) - len(fwd),
                       "unet_backward": sum(c.backward for c in fwd), "reference_forward": sum(c.reference for c in fwd),

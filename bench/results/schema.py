@@ -196,12 +196,16 @@ class RunConfig:
                    processes=_number(d.get("processes"), int, 1), schema=_number(d.get("schema"), int, 0))
 
 
-COUNTER_KEYS = ("nfe", "nfe_forward", "nfe_backward", "reward_calls", "images", "seconds", "flops", "flops_denoiser",
-                "flops_decoder", "flops_reward", "flops_text", "nfe_eq")
+COUNTER_KEYS = ("nfe", "nfe_forward", "nfe_backward", "nfe_recompute", "reward_calls", "images", "seconds", "flops",
+                "flops_denoiser", "flops_decoder", "flops_reward", "flops_text", "flops_value", "flops_recompute",
+                "nfe_eq")
 """bench.core.compute.ComputeMeter.counters(), summed over processes: nfe (denoiser evaluations per sample, a backward
-counted as 2) = nfe_forward + 2 nfe_backward; reward_calls (images scored); images (images sampled); seconds
-(device time of training work); flops (every training forward and backward) = flops_denoiser + flops_decoder +
-flops_reward + flops_text; nfe_eq (flops in units of one policy denoiser forward of one sample)."""
+counted as 2) = nfe_forward + 2 nfe_backward; nfe_recompute (denoiser forwards redone only to save memory, e.g.
+by the sampler's per-step checkpointing: in no count budget); reward_calls (images scored); images (images
+sampled); seconds (device time of training work, recomputation included); flops (every training forward and
+backward) = flops_denoiser + flops_decoder + flops_reward + flops_text + flops_value (a learned value function);
+flops_recompute (FLOPs of the forwards redone to save memory, not in flops); nfe_eq (flops in units of one policy
+denoiser forward of one sample). Rows written before a counter existed lack it (read as 0)."""
 
 
 @dataclass

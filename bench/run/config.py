@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.core.checks import at_least, in_range, one_of, positive, require_differentiable
-from bench.core.compute import Budget
+from bench.core.compute import BUDGET_TOLERANCE, Budget
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError, unknown_name
 from bench.core.policy import ModelConfig
@@ -209,12 +209,15 @@ def validate(suite: SuiteConfig) -> None:
         reward_class(r)
     apply_model_defaults(suite)
     check_sections(suite)
+    configs = {}
     for m in suite.methods:  # every entry's config after --set, with the shared rules of bench/core/checks.py
         cls, cfg = method_config(m, suite)
         cfg.validate(m, suite.sampler)
         if cls.first_order:
             for r in suite.rewards:
                 require_differentiable(m, r, reward_class(r).differentiable)
+        configs[m] = cfg
+    check_step_fits(suite, configs)
     for metric in metrics_for(suite, suite.rewards[0]):
         if metric != "kl-to-base":
             metric_class(metric)
@@ -225,6 +228,18 @@ def validate(suite: SuiteConfig) -> None:
         if split not in SPLITS:
             raise unknown_name("eval split", split, list(SPLITS))
     split_prompts(suite)  # every split loads (files exist, are not empty)
+
+
+def check_step_fits(suite: SuiteConfig, configs: dict) -> None:
+    """Refuse an `nfe` budget smaller than one outer step of a method of the suite (the step each method declares,
+    `TrainConfig.nfe_per_step`; None: undeclared, left to the runner's check after the first step)."""
+    if suite.budget.kind != "nfe":
+        return
+    for m, cfg in configs.items():
+        cost = cfg.nfe_per_step(suite.sampler)
+        if cost is not None and cost > suite.budget.amount * (1 + BUDGET_TOLERANCE):
+            raise BenchError(f"{m}: one outer step costs {cost} NFE (sampler.steps = {suite.sampler.steps}), more "
+                             f"than the whole budget ({suite.budget.text}); give a larger --budget or a smaller batch")
 
 
 def apply_model_defaults(suite: SuiteConfig) -> None:

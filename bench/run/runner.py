@@ -31,7 +31,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.core import distributed
-from bench.core.compute import ComputeMeter
+from bench.core.compute import BUDGET_TOLERANCE, ComputeMeter
 from bench.core.device import resolve_device
 from bench.core.distributed import Dist
 from bench.core.errors import BenchError
@@ -60,8 +60,9 @@ from bench.run.trackers import RunLog
 PROTOCOL = 3
 """Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
 first 16 prompts of two splits, denoiser-only compute, budgets overshot by up to one step. 2: three splits,
-every prompt evaluated, every module's FLOPs charged, budgets matched within 0.5% (bench/run/budget.py). 3: the
-dense early evaluation schedule, per-image scores kept, time budgets with an uncharged warm-up."""
+every prompt evaluated, every module's FLOPs charged, budgets matched within BUDGET_TOLERANCE. 3: the dense early
+evaluation schedule, per-image scores kept, time budgets with an uncharged warm-up; count budgets charge the
+algorithm, not the sampler's checkpoint recomputation (counted apart), and kl-to-base includes the final step."""
 
 
 def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:

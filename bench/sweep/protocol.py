@@ -111,12 +111,14 @@ def metric_direction(metric: str) -> bool:
 
 def method_knobs(method: str, suite) -> dict[str, Knob]:
     """Absolute knob ranges of a registered entry under the suite's `--set`s (which may move a relative range,
-    e.g. ROCM's β, centred on D × β where the per-dimension divergence applies to a D-dimensional latent)."""
+    e.g. ROCM's β, centred on D × β where the per-dimension divergence applies to a D-dimensional latent) and
+    its sampler (a range that follows sampler.steps, e.g. DRaFT-K's K in 1 … N-1)."""
     from bench.registry.catalog import latent_dims
-    from bench.run.config import method_config
+    from bench.run.config import apply_model_defaults, method_config
 
+    apply_model_defaults(suite)  # the model's own sampler settings where --set gives none (idempotent)
     _, cfg = method_config(method, suite)
-    return dict(cfg.resolved_knobs(latent_dims(suite.model.name, suite.model.resolution)))
+    return dict(cfg.resolved_knobs(latent_dims(suite.model.name, suite.model.resolution), suite.sampler.steps))
 
 
 def free_knobs(method: str, suite) -> dict[str, Knob]:
