@@ -132,11 +132,15 @@ class ReFL(Method):
                                  f"so the hinge has no units; ReFL needs a reward that varies between samples")
         return (reward - self.base_mean) / self.base_sd
 
-    def step(self) -> dict[str, float]:
+    def step_parts(self) -> int:
+        return self.batch_parts(self.cfg.batch_size)  # the cost is per sample: a smaller batch, a smaller step
+
+    def step(self, fraction: float = 1.0) -> dict[str, float]:
         cfg = self.cfg
-        rows = self.dist.rows(cfg.batch_size)  # this process's share of the global batch (all of it in one process)
+        batch = self.partial_batch(cfg.batch_size, fraction)  # cfg.batch_size but for a time budget's last step
+        rows = self.dist.rows(batch)  # this process's share of the global batch (all of it in one process)
         j = int(torch.randint(self.j_min, self.j_max + 1, (), generator=self.generator))  # the same in every process
-        traj = sample(self.policy, self.draw_prompts(cfg.batch_size), self.sampler, self.generator, grad=True,
+        traj = sample(self.policy, self.draw_prompts(batch), self.sampler, self.generator, grad=True,
                       grad_steps=1, last_step=j, rows=rows)  # traj.x0 = f_θ(x_j, τ_j), with gradient
         reward = self.reward(traj.images, traj.prompts)  # (b,)
         loss, info = refl_loss(self.standardise(reward), cfg.shift, cfg.scale)
@@ -147,7 +151,7 @@ class ReFL(Method):
                                               self.sampler.guidance_scale)
             pretrain = (traj.x0 - ref).pow(2).mean()
             loss = loss + cfg.pretrain_weight * pretrain
-        self.backward(loss, self.dist.share(len(rows), cfg.batch_size))
+        self.backward(loss, self.dist.share(len(rows), batch))
         grad_norm = self.update()
         self.steps_done += 1
         logs = self.dist.mean({"reward_mean": reward.mean().item(), "loss": loss.item(), "pretrain": pretrain.item(),

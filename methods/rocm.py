@@ -173,11 +173,15 @@ class ROCM(Method):
         """The reward to maximise (B,), differentiable w.r.t. θ, and extra logs (process-local means)."""
         return self.reward(traj.images, traj.prompts), {}
 
-    def step(self) -> dict[str, float]:
+    def step_parts(self) -> int:
+        return self.batch_parts(self.cfg.batch_size)  # the cost is per sample: a smaller batch, a smaller step
+
+    def step(self, fraction: float = 1.0) -> dict[str, float]:
         cfg = self.cfg
-        rows = self.dist.rows(cfg.batch_size)  # this process's share of the global batch (all of it in one process)
+        batch = self.partial_batch(cfg.batch_size, fraction)  # cfg.batch_size but for a time budget's last step
+        rows = self.dist.rows(batch)  # this process's share of the global batch (all of it in one process)
         grad_steps = self.grad_steps()  # drawn before the prompts: the same generator calls in every process
-        traj = sample(self.policy, self.draw_prompts(cfg.batch_size), self.sampler, self.generator, grad=True,
+        traj = sample(self.policy, self.draw_prompts(batch), self.sampler, self.generator, grad=True,
                       with_reference=self.regularised, detach_reference_state=cfg.detach_state, rows=rows,
                       grad_steps=grad_steps, final_reference=self.regularised and cfg.final_step)
         reward, extra = self.score(traj)  # (B,), differentiable w.r.t. θ through every step that carries gradient
@@ -186,7 +190,7 @@ class ROCM(Method):
             first = max(len(traj.schedule.timesteps) - grad_steps, 0) if grad_steps else 0  # first step with gradient
             divergence, deltas = regulariser(traj, cfg, self.per_dim, first)
         loss = -(reward - cfg.beta * divergence).mean()
-        self.backward(loss, self.dist.share(len(rows), cfg.batch_size))
+        self.backward(loss, self.dist.share(len(rows), batch))
         grad_norm = self.update()
         self.steps_done += 1
         logs = self.dist.mean({"reward_mean": reward.mean().item(), "divergence": divergence.mean().item(),

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from bench.api import Method, TrainConfig
 from bench.core.compute import Budget, ComputeMeter
@@ -61,8 +62,10 @@ class Timed(Method):
 
 
 class PartialTimed(Timed):
-    partial_steps = True
     name = "partial-timed"
+
+    def step_parts(self) -> int:
+        return 100  # a step of k / 100 of its size, as a batch of 100 samples would allow
 
 
 def spend(tmp_path, monkeypatch, method: str, costs: list[float], budget: str = "20s") -> dict:
@@ -103,14 +106,39 @@ def test_a_smaller_last_step_fills_the_budget(tmp_path, monkeypatch):
 
 def test_count_budgets_keep_the_costliest_step_rule():
     rule = StopRule(Budget.parse("100nfe"))
-    assert rule.next_step(0.0, partial_steps=True) == 1.0
+    assert rule.next_step(0.0, parts=8) == 1.0
     rule.record(30.0)
     rule.record(10.0)
     assert rule.predicted == 30.0  # deterministic costs: the costliest so far, never a partial step
-    assert rule.next_step(70.0, partial_steps=True) == 1.0 and rule.next_step(71.0, partial_steps=True) == 0.0
+    assert rule.next_step(70.0, parts=8) == 1.0 and rule.next_step(71.0, parts=8) == 0.0
     timed = StopRule(Budget.parse("100s"))
     for cost in (30.0, 10.0, 10.0, 10.0):
         timed.record(cost)
     assert timed.predicted == 10.0  # the last three
-    assert timed.next_step(95.0, partial_steps=False) == 0.0
-    assert timed.next_step(95.0, partial_steps=True) == pytest.approx((99.9 - 95.0) / 10.0)
+    assert timed.next_step(95.0, parts=1) == 0.0  # an indivisible step
+    # (99.9 - 95) / 10 = 0.49 of a step fits: 3 of 8 parts (0.375), never 4 (0.5, past the aim)
+    assert timed.next_step(95.0, parts=8) == 3 / 8
+    assert timed.next_step(99.0, parts=8) == 0.0  # less than one part fits: stop
+
+
+@pytest.mark.parametrize("name", ["rocm-kl", "draft-k", "refl"])
+def test_a_partial_first_order_step_takes_part_of_the_batch_and_charges_that_part(tiny_policy, train_prompts, name):
+    """A batch of 8 cuts into 8 parts; a step of 3/8 samples 3 images and charges exactly 3/8 of a full step's NFE
+    (every NFE these methods charge is per sample; ReFL's stopping step j is fixed so that both steps draw the same)."""
+    from bench.core.sampler import SamplerConfig
+    from bench.registry.lookup import method_class
+    from rewards.toy import Brightness
+
+    cls, overrides = method_class(name)
+    fixed = {"step_min": 2, "step_max": 2} if name == "refl" else {}
+    cfg = cls.Config(**{**overrides, "batch_size": 8, **fixed})
+    algo = cls(name, cfg, tiny_policy, SamplerConfig(steps=4), Brightness(), train_prompts,
+               torch.Generator().manual_seed(0))
+    assert algo.step_parts() == 8
+    meter = tiny_policy.meter
+    counts = []
+    for fraction in (1.0, 3 / 8):
+        before = meter.counters()["nfe"]
+        algo.step(fraction)
+        counts.append(meter.counters()["nfe"] - before)
+    assert counts[1] * 8 == counts[0] * 3 and len(algo.drawn[-1]) == 3

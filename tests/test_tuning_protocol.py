@@ -85,3 +85,22 @@ def test_a_tiny_protocol_sweep_selects_per_budget_with_flags(tmp_path):
         assert isinstance(sel["tie"], bool) and math.isfinite(sel["se"]) and sel["se"] > 0
         assert set(sel["seed_scores"]) == {"100", "101"}
     assert "| tie |" in (tmp_path / "sensitivity.md").read_text()
+
+
+def test_a_tiny_sweep_flags_a_tie_and_an_edge_in_selected_json(tmp_path):
+    """DRaFT-K at N = 3 steps has one knob, K in {1, 2}, and the learning rate fixed by --set at 1e-7: each of the
+    two trials is then at an edge of K's range, which cannot be widened (exhausted), and both train so little
+    (Adam moves each weight by about lr per update: ~1e-6 over the run) that their selection scores differ by far
+    less than their standard error over 2 seeds x 2 prompts x 2 images (~1e-2 for colorfulness on tiny): a tie."""
+    from bench.sweep.driver import run_sweep
+
+    s = SweepSettings(methods=["draft-k"], rewards=["brightness"], model="tiny", budget="200nfe", trials=0,
+                      sampler="protocol", sweep_seeds=[100, 101], select={"brightness": "colorfulness"},
+                      sets=["eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
+                            "method.batch_size=4", "draft-k.lr=1e-7", "sampler.steps=3"])
+    run_sweep(s, tmp_path, argv=["bench", "sweep"], show_progress=False)
+    chosen = json.loads((tmp_path / "selected.json").read_text())["methods"]["draft-k"]["brightness"]
+    (sel,) = chosen["by_budget"].values()
+    assert sel["tie"] is True and sel["runner_up"] is not None
+    assert set(sel["edges"]) == {"k"} and sel["edges"]["k"]["next"] is None  # exhausted
+    assert sel["values"]["k"] in (1, 2) and "lr" not in sel["values"]

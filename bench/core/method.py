@@ -128,10 +128,6 @@ class Method:
     """Attributes a step changes beyond the common state (optimizer, generator, step counters), saved in mid-run
     checkpoints by `state_dict`: an object with state_dict() / load_state_dict() (a stat tracker) through those,
     a plain value (a count) as it is. A subclass names its own, or overrides extra_state / load_extra_state."""
-    partial_steps: bool = False
-    """True if `step(fraction=f)` takes a smaller outer step, with about a fraction f < 1 of the full step's
-    compute and no more (fewer prompts or samples): a time-budget run's last step then fills what is left of the
-    budget (bench/run/budget.py). A method that leaves it False is only ever called as `step()`."""
     name: str = ""
     """A plugin's declared name (`bench run --methods pkg.module:Class` names its runs and `--set` prefix by it);
     registered entries are named by their registry key, which __init__ stores here."""
@@ -154,8 +150,24 @@ class Method:
 
     def step(self, fraction: float = 1.0) -> dict[str, float]:
         """One outer iteration (sample, score, update); returns its scalar logs. `fraction` < 1 only where
-        `partial_steps` is True (see there)."""
+        step_parts() > 1 (see there)."""
         raise NotImplementedError
+
+    def step_parts(self) -> int:
+        """How many equal parts an outer step can be cut into: `step(fraction=k / step_parts())` then takes k of
+        them (fewer prompts or samples) at that fraction of the full step's compute and no more, so that a time
+        budget's last step fills what is left of it (bench/run/budget.py). 1, the default: the step is indivisible
+        and only ever called as `step()`."""
+        return 1
+
+    def batch_parts(self, n: int) -> int:
+        """step_parts() of a step whose compute is proportional to its global batch of n rows: the batch shrinks in
+        whole multiples of the process count, so every process keeps the same share."""
+        return n // self.dist.world
+
+    def partial_batch(self, n: int, fraction: float) -> int:
+        """The global batch of a step of `fraction` (k / batch_parts(n)) of a full one of n rows."""
+        return max(1, round(fraction * self.batch_parts(n))) * self.dist.world
 
     # ---- checkpoints (bench/run/checkpoint.py): everything a resumed run needs to continue bit for bit ----------
     def state_dict(self) -> dict:

@@ -7,13 +7,14 @@ step short. Time budgets are measured: the first step of a run pays for CUDA sta
 growth and any compilation, so it is taken once *before* the clock starts (the warm-up: uncharged, undone, its time
 reported as `warmup_seconds`), the next step's time is predicted from the last RECENT steps rather than from the
 slowest ever, and where the full next step would not fit, a method that can take a smaller step (fewer prompts or
-samples, `Method.partial_steps`) takes one sized to what is left — so a time-budget run ends within 0.5% past and
+samples, `Method.step_parts`) takes one sized to what is left — so a time-budget run ends within 0.5% past and
 ~2% short of its budget instead of up to a whole (first, slowest) step short.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 
 from bench.core.compute import Budget, ComputeMeter, sync_device
@@ -40,16 +41,17 @@ class StopRule:
             return max(self.recent, default=0.0)
         return self.costliest
 
-    def next_step(self, spent: float, partial_steps: bool) -> float:
-        """1.0: take a full step; a fraction in (0, 1): take a step of that size (only for time budgets and a
-        method with `partial_steps`); 0.0: stop."""
+    def next_step(self, spent: float, parts: int = 1) -> float:
+        """1.0: take a full step; k / parts in (0, 1): take a step of k of the `parts` equal parts a method's step
+        can be cut into (`Method.step_parts`; only for time budgets), the most that fits; 0.0: stop."""
         if self.done or spent >= self.budget.amount:
             return 0.0
         if spent + self.predicted <= self.limit:
             return 1.0
-        if self.budget.kind != "seconds" or not partial_steps:
+        if self.budget.kind != "seconds" or parts <= 1:
             return 0.0
-        return max(0.0, (LAST_STEP_AIM * self.budget.amount - spent) / self.predicted)
+        share = (LAST_STEP_AIM * self.budget.amount - spent) / self.predicted  # < 1: a full step did not fit
+        return max(0, math.floor(share * parts)) / parts
 
     def record(self, cost: float, fraction: float = 1.0) -> None:
         """The cost of the step just taken (`fraction` < 1: the partial last one)."""

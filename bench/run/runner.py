@@ -300,7 +300,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     last_save = time.monotonic()
     on_progress(budget.spent(counters) / budget.amount, f"{label}: training")
     # bench/run/budget.py: a step starts only if it fits; a time budget's last step may be smaller
-    while (share := rule.next_step(budget.spent(counters), algo.partial_steps)) > 0:
+    while (share := rule.next_step(budget.spent(counters), algo.step_parts())) > 0:
         before = budget.spent(counters)
         nfe_before = counters["nfe"]
         with meter.timing():
