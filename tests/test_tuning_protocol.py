@@ -38,6 +38,9 @@ def test_edges_and_the_step_out():
     assert step_out("beta", Knob(1.0, 100.0, log=True), [2.0, 10.0, 50.0], 50.0) == pytest.approx(250.0)
     assert step_out("k", Knob(choices=(2, 4)), [2, 4], 4) is None  # a choice knob cannot widen: exhausted
     assert step_out("lr", None, [0.1, 1.0], 1.0) is None  # past the learning rate's limit
+    # an integer knob's range is its domain: K in 1 … N-1 = 3 does not widen past 1 or 3, but inside it does
+    assert step_out("k", Knob(1, 3, integer=True), [1, 2], 1) is None
+    assert step_out("k", Knob(1, 3, integer=True), [1, 2], 2) == 3
 
 
 def settings(**kw) -> SweepSettings:
@@ -96,8 +99,8 @@ def test_a_tiny_sweep_flags_a_tie_and_an_edge_in_selected_json(tmp_path):
 
     s = SweepSettings(methods=["draft-k"], rewards=["brightness"], model="tiny", budget="200nfe", trials=0,
                       sampler="protocol", sweep_seeds=[100, 101], select={"brightness": "colorfulness"},
-                      sets=["eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
-                            "method.batch_size=4", "draft-k.lr=1e-7", "sampler.steps=3"])
+                      sets=["eval.points=1", "eval.max_prompts=2", "eval.samples_per_prompt=2",
+                            "eval.min_images=0", "method.batch_size=4", "draft-k.lr=1e-7", "sampler.steps=3"])
     run_sweep(s, tmp_path, argv=["bench", "sweep"], show_progress=False)
     chosen = json.loads((tmp_path / "selected.json").read_text())["methods"]["draft-k"]["brightness"]
     (sel,) = chosen["by_budget"].values()

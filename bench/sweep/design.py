@@ -10,8 +10,9 @@
 - **Edges are widened before a selection is final**: where the selected value of a knob is the lowest or highest
   value tried, one more trial goes one step further out (the learning rate by its grid spacing; a numeric own knob
   by its level spacing), the other values held at the selection's; this repeats at most WIDEN_ROUNDS times. A
-  choice knob cannot go beyond its choices: its edge is flagged "exhausted" instead, as is a value a method's
-  config refuses.
+  choice knob cannot go beyond its choices, nor an integer knob beyond its range (a count such as DRaFT-K's K in
+  1 … N-1, whose every value outside is another method or an alias): its edge is flagged "exhausted" instead, as
+  is a value a method's config refuses. Continuous ranges are the authors' usual values, not limits, so they widen.
 """
 
 from __future__ import annotations
@@ -77,12 +78,19 @@ def step_out(name: str, knob: Knob | None, tried: list, value: Any) -> Any | Non
         new = value * ratio ** outward
         if name == "lr" and not LR_LIMITS[0] <= new <= LR_LIMITS[1]:
             return None
-        return int(round(new)) if knob is not None and knob.integer else float(f"{new:.6g}")
+        if knob is not None and knob.integer:
+            new = int(round(new))
+            return new if knob.low <= new <= knob.high else None  # an integer range is the knob's domain
+        return float(f"{new:.6g}")
     if knob is None or knob.choices:
         return None
     gap = tried[1] - tried[0] if outward < 0 else tried[-1] - tried[-2]
     new = value + outward * gap
-    return int(round(new)) if knob.integer else float(f"{new:.6g}")
+    if knob.integer:
+        # a count's range is its domain, not a guess: DRaFT-K's K past 1 … N-1 is another method or an alias
+        new = int(round(new))
+        return new if knob.low <= new <= knob.high else None
+    return float(f"{new:.6g}")
 
 
 def edges(selection: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, str]:
