@@ -25,9 +25,14 @@ CASES |= {"draft-k": ("3000nfe", 34.0), "alignprop": ("3000nfe", 23.0), "refl": 
 CASES |= {"grpo": ("15000nfe", 1.0)}
 # Slow cases, margins measured on testbed v1 (guidance 8, proxy v1) and NOT re-measured on v2, where the proxy's
 # scale is about 1.6x larger and every fast case gained more: rebel (RLCM's η = 1) at 15000 NFE +1.28, +2.29, +1.58;
-# dpok (β = 0.3) at 30000 NFE +1.59, +1.35, +1.26. Run with `-m slow`.
-CASES |= {"rebel": ("15000nfe", 0.6), "dpok": ("30000nfe", 0.6)}
-SLOW = {"rebel", "dpok"}  # cases over ~60 s: the same test, parametrised with the slow mark
+# ddpo-kl (β = 0.3; registered as "dpok" then) at 30000 NFE +1.59, +1.35, +1.26. Run with `-m slow`.
+CASES |= {"rebel": ("15000nfe", 0.6), "ddpo-kl": ("30000nfe", 0.6)}
+SLOW = {"rebel", "ddpo-kl"}  # cases over ~60 s: the same test, parametrised with the slow mark
+# DPOK as published (methods/dpok.py, its defaults) is NOT shown to learn here: at DDPO's 15000 NFE, seeds 0-2,
+# testbed v2, protocol 3, the proxy on the training split went 5.88 -> 6.58, 3.76, 8.85 (+0.70, -2.12, +2.97; gold
+# 0.734 -> 0.712, 0.631, 0.721). One DPOK round costs 84 NFE per sampled trajectory (5 updates x 12 replayed
+# transitions x 2 per round), DDPO 13: it sees 178 trajectories in that budget to DDPO's 1152. Its defaults were
+# not tuned to make it learn; the sweep protocol tunes it like every other method.
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in sorted(CASES)])
