@@ -89,6 +89,9 @@ class _CLIPReward(Reward):
         self.processing = ClipProcessing(proc_dir / "preprocessor_config.json")
         self._text_cache: dict[str, torch.Tensor] = {}
 
+    def clear_prompt_cache(self) -> None:
+        self._text_cache.clear()
+
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """B prompts -> (B, D) unit text embeddings, computed once per distinct prompt."""

@@ -60,6 +60,9 @@ class HPSv2(Reward):
         self.mean, self.std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         self._text_cache: dict[str, torch.Tensor] = {}
 
+    def clear_prompt_cache(self) -> None:
+        self._text_cache.clear()
+
     @torch.no_grad()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """B prompts -> (B, D) unit text features, once per distinct prompt."""

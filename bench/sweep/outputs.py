@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.core.objective import folder_name
 from bench.results.io import read_json, write_json_atomic
 from bench.sweep.protocol import (
     RULE,
@@ -111,7 +112,7 @@ def write_outputs(out: Path, s: SweepSettings) -> str:
         if chosen is not None:
             selected.setdefault(m, {})[r] = {
                 "values": chosen["values"], "score": chosen["score"], "trial": chosen["trial"],
-                "seed_scores": chosen.get("seed_scores"), "folder": f"trials/{m}__{r}/{chosen['folder']}",
+                "seed_scores": chosen.get("seed_scores"), "folder": f"trials/{m}__{folder_name(r)}/{chosen['folder']}",
                 "rule": RULE, "selection_metric": s.select[r], "split": SPLIT}
         every += [{"method": m, "reward": r, "trial": t["trial"], "folder": t.get("folder"),
                    "values": " ".join(f"{k}={v}" for k, v in t["values"].items()), "score": t["score"],

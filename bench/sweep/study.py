@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 from bench.core.errors import BenchError
+from bench.core.objective import folder_name
 from bench.sweep.protocol import (
     SQLITE_BUSY_TIMEOUT_S,
     SweepSettings,
@@ -113,7 +114,7 @@ def run_study(s: SweepSettings, method: str, reward: str, out: Path, argv: list[
         folder = trial.user_attrs.get("folder", f"trial-{trial.number}")
         trial.set_user_attr("folder", folder)
         attrs = run_trial(s, method, reward, dict(trial.params),
-                          out / "trials" / f"{method}__{reward}" / folder, argv)
+                          out / "trials" / f"{method}__{folder_name(reward)}" / folder, argv)
         for key, value in attrs.items():
             trial.set_user_attr(key, value if not (isinstance(value, float) and not math.isfinite(value)) else None)
         study.tell(trial, attrs["score"])
