@@ -332,3 +332,39 @@ def test_combined_is_a_reward_to_the_evaluation():
     r = reward_class(SUM)()
     assert isinstance(r, Combined) and list(r.parts) == ["z(brightness)", "colorfulness"]
     assert isinstance(r.parts["z(brightness)"], Standardised)
+
+
+# ---------------------------------------------------------------- one β means the same on every standardised reward
+
+# Regularised ROCM's loss is −r + β·D, so β is in the reward's units: on the testbed the gold's spread over base
+# images is 1/244 of the proxy's (σ₀ 0.0632 against 15.43, measured by this very standardisation on the 90 training
+# prompts). Measured with the settings below (β = 1, 3000 NFE = 15 steps, seeds 0 and 1, testbed v2), the final
+# kl-to-base on the training prompts:
+#   z(testbed-gold) 0.158, 0.181      z(testbed-pref) 0.113, 0.098      ratio gold/pref 1.40, 1.84
+#   testbed-gold    0.023, 0.027      testbed-pref    2.13, 4.06        ratio gold/pref 0.011, 0.0066
+# Standardised, one β moves the KL by amounts of the same order on both rewards; raw, ~100x apart. The bound
+# (a factor of 10 either way: "the same order") is 5x beyond the measured ratios' spread over seeds (1.4-1.8) and
+# 15x short of the raw ratios, so the test fails if standardisation is skipped.
+SAME_ORDER = 10.0
+
+
+@pytest.mark.slow  # 4 testbed runs, ~3 min on a quiet 2-core machine: pytest -m slow tests/test_objectives.py
+def test_one_beta_moves_the_kl_alike_on_standardised_gold_and_proxy(tmp_path):
+    from bench.core.compute import Budget
+    from bench.core.policy import ModelConfig
+    from bench.run.config import SuiteConfig, apply_sets
+    from bench.run.runner import run_suite
+
+    suite = SuiteConfig(methods=["rocm-kl"], rewards=["z(testbed-gold)", "z(testbed-pref)"], seeds=[0, 1],
+                        budget=Budget.parse("3000nfe"), model=ModelConfig(name="testbed"))
+    apply_sets(suite, ["rocm-kl.beta=1", "eval.points=2", "eval.max_prompts=16", "eval.samples_per_prompt=2",
+                       "eval.min_images=0", "eval.splits=train", "eval.metrics=testbed-gold"])
+    run_suite(suite, tmp_path, show_progress=False)
+
+    def final_kl(reward: str, seed: int) -> float:
+        rows = read_jsonl(tmp_path / "runs" / run_id("rocm-kl", reward, seed) / "eval.jsonl")
+        return next(r["value"] for r in rows if r["metric"] == "kl-to-base" and r["fraction"] == 1.0)
+
+    for seed in (0, 1):
+        gold, pref = final_kl("z(testbed-gold)", seed), final_kl("z(testbed-pref)", seed)
+        assert gold > 0 and pref > 0 and 1 / SAME_ORDER < gold / pref < SAME_ORDER, (seed, gold, pref)

@@ -52,7 +52,8 @@ def standardised(objects) -> dict[str, list[Standardised]]:
     return found
 
 
-def base_images(policy: Policy, sampler: SamplerConfig, prompts: list[str], seed: int) -> tuple[torch.Tensor, list[str]]:
+def base_images(policy: Policy, sampler: SamplerConfig, prompts: list[str],
+                seed: int) -> tuple[torch.Tensor, list[str]]:
     """The base model's images of `prompts`, the same number for each, at least MIN_IMAGES in all (uncharged)."""
     per_prompt = max(1, -(-MIN_IMAGES // max(len(prompts), 1)))
     with policy.reference():
