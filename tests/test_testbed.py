@@ -34,7 +34,7 @@ from bench.testbed.evaluators import attribute_accuracy
 from bench.testbed.nets import PROXY_B_NAME, WEIGHTS_DIR, AttributeClassifier, ClassifierSpec, load_module
 from bench.testbed.world import attributes, heldout_real
 
-REWARDS = ["testbed-align", "testbed-pref", "testbed-gold"]
+REWARDS = ["testbed-align", "testbed-pref", "testbed-pref-b", "testbed-gold"]
 BAD_PROMPTS = ["a photo of a cat", "a white seven on a white background", "a red seven on a blue wall", ""]
 
 
@@ -170,6 +170,44 @@ def test_shipped_proxy_measurements():
     near, far = proxy["proxy_heldout_agreement_with_gold"], proxy["proxy_far_agreement_with_gold"]
     assert 0.5 < near <= 1 and 0 <= far <= 1 and near > far, proxy
     assert set(proxy["gradient_cosine_at_base"]) == {"pixels", "lora_params"}
+
+
+def test_shipped_second_proxy_measurements():
+    """metrics.json records the second proxy's agreement with gold and with the first proxy on the first proxy's
+    held-out near and far pairs (which neither trained on), from its own labelled pairs (none of the first's)."""
+    metrics = json.loads((WEIGHTS_DIR / "metrics.json").read_text())
+    b, first = metrics["proxy_b"], metrics["proxy"]
+    assert b["train_pairs"] == first["train_pairs"] and b["seed"] != metrics["seed"]
+    assert b["pairs_shared_with_first_proxy"] == 0 and b["generators"] == first["generators"]
+    assert b["near"]["pairs"] == first["test_pairs"] and b["far"]["pairs"] == first["far_pairs"]
+    # the first proxy measured on the same pairs by the proxy-b stage: its own recorded figures
+    assert b["near"]["first_proxy_agreement_with_gold"] == first["proxy_heldout_agreement_with_gold"]
+    assert b["far"]["first_proxy_agreement_with_gold"] == first["proxy_far_agreement_with_gold"]
+    for where in ("near", "far"):
+        m, n = b[where], b[where]["pairs"]
+        wrong_a, wrong_b = 1 - m["first_proxy_agreement_with_gold"], 1 - m["agreement_with_gold"]
+        # Each figure is a float32 mean of n 0/1 values (n <= 1000: exact counts, one rounding each, ~6e-8), so
+        # the identities of the counts hold to 1e-6: disagreement = exactly one errs = wrong_a + wrong_b - 2 both.
+        assert 1 - m["agreement_with_first_proxy"] == pytest.approx(wrong_a + wrong_b - 2 * m["both_wrong"], abs=1e-6)
+        assert m["both_wrong_if_independent"] == pytest.approx(wrong_a * wrong_b, abs=1e-6)
+        assert 0 < m["both_wrong"] <= min(wrong_a, wrong_b) and m["agreement_with_first_proxy"] < 1  # errs elsewhere
+        # As good a judge as the first: the two agreements with gold differ by less than twice the sum of their
+        # binomial standard errors over n pairs (a difference the pair sample alone would give ~5% of the time).
+        se = sum((p * (1 - p) / n) ** 0.5 for p in (wrong_a, wrong_b))
+        assert abs(wrong_a - wrong_b) < 2 * se, (where, m, se)
+    assert b["near"]["agreement_with_gold"] > b["far"]["agreement_with_gold"]  # exploitable far away, as the first
+    assert set(b["gradient_cosine_at_base"]) == {"pixels", "lora_params", "first_pixels", "first_lora_params"}
+    assert (WEIGHTS_DIR / f"{PROXY_B_NAME}.safetensors").is_file()
+
+
+def test_second_proxy_reward_loads_and_differs_from_the_first():
+    from bench.testbed.rewards import TestbedPref, TestbedPrefB
+
+    images, prompts = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)), TRAIN_PROMPTS[:6]
+    a, b = TestbedPref()(images, prompts), TestbedPrefB()(images, prompts)
+    assert TestbedPrefB.differentiable and b.shape == (6,) and not torch.allclose(a, b)
+    defaults = MODEL_DEFAULTS["testbed"]
+    assert defaults["select"] == "testbed-pref-b" in defaults["metrics"] and defaults["rater"] == "testbed-gold"
 
 
 def test_shipped_generator_draws_prompted_digit():

@@ -25,17 +25,23 @@ MODELS: dict[str, str] = {
 
 # Per-model defaults: training reward, prompt set, evaluation metrics (all computed at every evaluation point), and
 # `select`: the metric `bench sweep` selects configurations by on the validation split — never the training reward
-# (on the testbed the hidden gold, the analogue of a small human study; on real models a reward other than the one
-# trained on: HPSv2 when training on PickScore, PickScore when training on anything else); `sampler`: the model's
-# own sampler settings where `--set` gives none (the testbed LCM was distilled over guidance scales 1-3).
+# nor one it optimises (a term of a weighted sum, the reward inside z(...)): on real models a reward other than the
+# one trained on (HPSv2 when training on PickScore, PickScore when training on anything else), on the testbed
+# likewise a second preference proxy, testbed-pref-b, so that its hidden gold stays reported only; `rater`: the
+# metric that stands in for human judgement (`bench human-eval --simulate` votes with it; the report's peak column
+# falls back on it in folders that did not evaluate `select`: testbed folders made when the testbed selected by its
+# gold); `sampler`: the model's own sampler settings where `--set` gives none (the testbed LCM was distilled over
+# guidance scales 1-3).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
              "select": "colorfulness", "latent": (3, 1, 16)},
     "tiny-vae": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
                  "select": "colorfulness", "latent": (4, 2, 64)},
     "testbed": {"reward": "testbed-pref", "prompts": "testbed",
-                "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"],
-                "select": "testbed-gold", "latent": (3, 1, 16), "sampler": {"guidance_scale": 2.0}},
+                "metrics": ["testbed-align", "testbed-pref", "testbed-pref-b", "testbed-gold", "testbed-fid",
+                            "testbed-diversity"],
+                "select": "testbed-pref-b", "rater": "testbed-gold", "latent": (3, 1, 16),
+                "sampler": {"guidance_scale": 2.0}},
     "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
                            "select": "hpsv2", "latent": (4, 8, 512)},
     "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
@@ -92,6 +98,7 @@ REWARDS: dict[str, str] = {
     "jpeg-incompressibility": "rewards.toy:JpegIncompressibility",
     "testbed-align": "bench.testbed.rewards:TestbedAlign",
     "testbed-pref": "bench.testbed.rewards:TestbedPref",
+    "testbed-pref-b": "bench.testbed.rewards:TestbedPrefB",
     "testbed-gold": "bench.testbed.rewards:TestbedGold",
     "pickscore": "rewards.clip_models:PickScore",
     "clip": "rewards.clip_models:ClipScore",
