@@ -25,7 +25,17 @@ from bench.core.errors import BenchError, unknown_name
 from bench.core.method import Knob, Method, TrainConfig, check_pair_batch
 from bench.core.policy import ModelConfig, Policy
 from bench.core.reward import Reward, SetMetric
-from bench.core.sampler import SamplerConfig, Trajectory, gaussian_log_prob, sample, step_log_prob, step_mean
+from bench.core.sampler import (
+                               SamplerConfig,
+                               Trajectory,
+                               final_step_gaussian,
+                               gaussian_log_prob,
+                               make_schedule,
+                               mean_at,
+                               sample,
+                               step_log_prob,
+                               step_mean,
+)
 from bench.core.tiny import TinySpec, build_tiny
 
 __all__ = [
@@ -34,7 +44,8 @@ __all__ = [
     # configs
     "TrainConfig", "Knob", "SamplerConfig", "ModelConfig", "TinySpec",
     # the shared sampler, read as a Gaussian policy
-    "sample", "Trajectory", "step_log_prob", "step_mean", "gaussian_log_prob",
+    "sample", "Trajectory", "step_log_prob", "step_mean", "gaussian_log_prob", "make_schedule", "mean_at",
+    "final_step_gaussian",
     # divergences between the trained and the frozen per-step Gaussian policies (docs/methods.md §2)
     "gaussian_divergence", "DIVERGENCES", "per_dim_default", "whole_vector_delta", "step_weights", "STEP_WEIGHT_MODES",
     # helpers: compute meter, data parallelism, a model of the real diffusers classes, errors and checks

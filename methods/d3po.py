@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.api import Dist, Knob, Method, TrainConfig, check_pair_batch, positive, sample, step_log_prob
+from bench.api import Dist, Knob, Method, SamplerConfig, TrainConfig, check_pair_batch, positive, sample, step_log_prob
 from methods.losses import d3po_loss
 
 
@@ -51,6 +51,11 @@ class D3POConfig(TrainConfig):
         check_pair_batch(name, self.batch_size, self.train_batch_size)
         positive(f"{name}: beta", self.beta)
         positive(f"{name}: ratio_clip", self.ratio_clip)
+
+    def nfe_per_step(self, sampler: SamplerConfig) -> int:
+        """Sampling (N forwards per image), then at each stochastic step for winner and loser a reference forward
+        and a policy forward and backward; a tied pair (dropped) costs none of the latter."""
+        return self.batch_size * (sampler.steps + 4 * (sampler.steps - 1))
 
 
 class D3PO(Method):

@@ -8,18 +8,22 @@ sd_pipeline.py and config/alignprop_config.py at commit b22918a).
 Sampling is ROCM's (methods/rocm.py): reparameterised, fixed noise, the same shared sampler; but only the last K
 of the N steps carry gradient (bench/core/sampler.py `grad_steps`): the N - K steps before run without gradient, so the
 state entering the last K steps is a constant and the image depends on θ only through those K evaluations of f_θ.
-K = 1 (DRaFT-1) differentiates through the final x̂_0 = f_θ(x_{τ_1}, τ_1) alone; K >= N is unregularised ROCM.
-This isolates what full-trajectory gradients buy over truncated ones. Unregularised by default (β = 0, as both
-papers train); the optional regulariser is ROCM's, on the steps that carry gradient only.
+K = 1 (DRaFT-1) differentiates through the final x̂_0 = f_θ(x_{τ_1}, τ_1) alone. K ranges over 1 … N-1: the first
+step never carries gradient, and K >= N is refused, since it *is* unregularised ROCM (`rocm-none`), a method of its
+own in the registry (a sweep that selected it would report ROCM under DRaFT's name). This isolates what
+full-trajectory gradients buy over truncated ones. Unregularised by default (β = 0, as both papers train); the
+optional regulariser is ROCM's, on the steps that carry gradient only.
 
-- DRaFT-K: K fixed (`k`).
-- AlignProp: K drawn anew every outer step (`k_min` > 0): uniformly from {k_min, …, k}. AlignProp's pipeline draws
-  the first step with gradient, j, and detaches the UNet output of every step before it (the same gradient as
-  detaching the state: nothing before j depends on θ then; it keeps their graphs, we run them without one). Its
-  "uniform" strategy draws j from randint(0, 50) and redraws until 1 <= j <= 49, so K = 50 - j is uniform on
-  {1, …, N-1}: the first step never carries gradient; the `alignprop` entry sets [1, 3], that range at N = 4.
-  (Its config's default strategy is "gaussian", j ~ N(42, 5²) of 50, i.e. K ≈ 8 of 50; its paper describes the
-  uniform one, which we follow.)
+- DRaFT-K: K fixed (`k`; `k` = 0 means N - 1).
+- AlignProp: K drawn anew every outer step (`k_min` > 0): uniformly from {k_min, …, k}, k = 0 meaning N - 1.
+  AlignProp's pipeline draws the first step with gradient, j, and detaches the UNet output of every step before it
+  (the same gradient as detaching the state: nothing before j depends on θ then; it keeps their graphs, we run them
+  without one). Its "uniform" strategy draws j from randint(0, 50) and redraws until 1 <= j <= N - 1
+  (sd_pipeline.py `pipeline_step_with_grad`, the while loop at its top), so K = N - j is uniform on {1, …, N-1}: the
+  first step never carries gradient. The `alignprop` entry sets k_min = 1, k = 0: that range at every N. At N = 2
+  the range is {1}, which is DRaFT-1 (`draft-k`): refused, as AlignProp needs N >= 3 to be itself. Its range is
+  not swept (a sweep of its top could select K = 1, DRaFT-1 again). (Its config's default strategy is "gaussian",
+  j ~ N(42, 5²) of 50, i.e. K ≈ 8 of 50; its paper describes the uniform one, which we follow.)
 - DRaFT-LV (`n_lv` > 1): the reward gradient of the final step averaged over n_lv draws of that step's input.
   The paper's DRaFT-LV (as we read it; not checked against its text here) re-noises the final sample to the last
   step's noise level with fresh noise and denoises it again, for K = 1. On an LCM the state entering the last step
@@ -46,22 +50,21 @@ class DraftConfig(ROCMConfig):
     """DRaFT-K / AlignProp fields; the regulariser's fields (divergence, beta, per_dim, step_weighting,
     detach_state) are ROCM's and act only on the steps that carry gradient. Defaults: DRaFT-1 (K = 1), unregularised.
 
-    Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log), k (integer, 1 to 4: at the default N = 4 sampling steps, from DRaFT-1
-    to the whole trajectory; K >= N means every step), and ROCM's β (relative, dropped while the entry's β is 0,
-    i.e. swept only where regularised). For AlignProp, `k` is the top of the range [k_min, k] K is drawn from.
-    Our choices where the originals are silent: K above N is clamped to N (logged as `k`); the learning rate is ROCM's
-    3e-3 (LoRA on the testbed), not the papers' (real models, other batch sizes).
+    Sweep knobs (KNOBS): lr (1e-4 to 1e-2, log), k (integer, 1 to N - 1: the range follows the sampler's N, from
+    DRaFT-1 to every step but the first; not for AlignProp, whose range is published), and ROCM's β (relative,
+    dropped while the entry's β is 0, i.e. swept only where regularised). Our choice where the originals are silent:
+    the learning rate is ROCM's 3e-3 (LoRA on the testbed), not the papers' (real models, other batch sizes).
     """
 
-    KNOBS: ClassVar[dict[str, Knob]] = ROCMConfig.KNOBS | {"k": Knob(1, 4, integer=True)}
+    KNOBS: ClassVar[dict[str, Knob]] = ROCMConfig.KNOBS | {"k": Knob(1, high_steps=-1, integer=True)}
 
     divergence: str = "none"
     """ROCM's divergence field; "none" by default: unregularised, as both papers train."""
     beta: float = 0.0
     """ROCM's β (0 with divergence "none"); weights the divergence on the steps that carry gradient only."""
     k: int = 1
-    """K: how many final sampling steps carry gradient (1 = DRaFT-1; >= sampler.steps: all, unregularised ROCM).
-    With k_min > 0, the largest K drawn."""
+    """K: how many final sampling steps carry gradient, 1 … N-1 (1 = DRaFT-1; 0 = N - 1; N or more is refused: that
+    is rocm-none). With k_min > 0, the largest K drawn."""
     k_min: int = 0
     """0: K = k every outer step (DRaFT-K). > 0: AlignProp's randomised truncation, K drawn uniformly from
     {k_min, …, k} every outer step (from the method's generator: the same in every process)."""
@@ -71,16 +74,43 @@ class DraftConfig(ROCMConfig):
 
     def resolve(self, name: str) -> None:
         super().resolve(name)
-        at_least(f"{name}: k", self.k, 1)  # the last k sampling steps carry gradient
-        if not 0 <= self.k_min <= self.k:
+        at_least(f"{name}: k", self.k, 0)  # the last k sampling steps carry gradient (0: N - 1)
+        if not 0 <= self.k_min <= (self.k or self.k_min):
             raise BenchError(f"{name}: k_min must be 0 (K fixed) or in 1 … k ({self.k}), got {self.k_min}")
         at_least(f"{name}: n_lv", self.n_lv, 1)  # 1: no extra draws
 
     def validate(self, name: str, sampler: SamplerConfig) -> None:
         super().validate(name, sampler)
-        if self.n_lv > 1 and sampler.steps < 2:
-            raise BenchError(f"{name}: n_lv > 1 re-draws the last noisy step, which needs sampler.steps >= 2, "
-                             f"got {sampler.steps}")
+        n = sampler.steps
+        if n < 2:
+            raise BenchError(f"{name}: truncation to K in 1 … N-1 steps needs sampler.steps >= 2, got {n}")
+        if self.k >= n:
+            raise BenchError(f"{name}: k = {self.k} >= sampler.steps = {n}: gradient through every step, that is "
+                             f"rocm-none; K must be in 1 … {n - 1}")
+        low, high = self.k_range(n)
+        if self.k_min and low == high == 1:
+            raise BenchError(f"{name}: K drawn from {{1}} at sampler.steps = {n} is DRaFT-1 (draft-k); AlignProp's "
+                             f"random truncation needs sampler.steps >= 3")
+        if not 1 <= low <= high:
+            raise BenchError(f"{name}: k_min ({self.k_min}) is above N - 1 = {n - 1} at sampler.steps = {n}")
+
+    def k_range(self, steps: int) -> tuple[int, int]:
+        """(smallest, largest) K of an N = `steps` sampler: (k, k) for DRaFT-K, (k_min, k) for AlignProp; k = 0
+        stands for N - 1."""
+        high = self.k or steps - 1
+        return (self.k_min or high), high
+
+    def nfe_per_step(self, sampler: SamplerConfig) -> int:
+        """ROCM's cost with the largest K, plus DRaFT-LV's extra final steps (a forward and a backward each)."""
+        k = self.k_range(sampler.steps)[1]
+        return self.batch_size * (self.sample_cost(sampler.steps, k) + 3 * (self.n_lv - 1))
+
+    def resolved_knobs(self, latent_dims: int | None = None, steps: int | None = None) -> dict[str, Knob]:
+        """ROCM's, and K's range for DRaFT-K; AlignProp's range of K is published, not a knob."""
+        knobs = super().resolved_knobs(latent_dims, steps)
+        if self.k_min:
+            knobs.pop("k")
+        return knobs
 
 
 class Draft(ROCM):
@@ -91,12 +121,12 @@ class Draft(ROCM):
 
     def __init__(self, name, cfg: DraftConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        self.k_now = min(cfg.k, sampler.steps)  # K of the current outer step, after clamping to N (logged)
+        self.k_low, self.k_high = cfg.k_range(sampler.steps)  # 1 <= K <= N - 1 (validated)
+        self.k_now = self.k_high  # K of the current outer step (logged)
 
     def grad_steps(self) -> int:
-        cfg = self.cfg
-        k = int(torch.randint(cfg.k_min, cfg.k + 1, (), generator=self.generator)) if cfg.k_min else cfg.k
-        self.k_now = min(k, self.sampler.steps)
+        if self.k_low < self.k_high:  # AlignProp: uniform on {k_low, …, k_high}
+            self.k_now = int(torch.randint(self.k_low, self.k_high + 1, (), generator=self.generator))
         return self.k_now
 
     def score(self, traj: Trajectory) -> tuple[torch.Tensor, dict[str, float]]:

@@ -1,4 +1,5 @@
-"""Loss math shared by the policy-gradient methods: PPO-clip (DDPO/RLCM), per-step DPO (D3PO), advantages.
+"""Loss math shared by the policy-gradient methods: PPO-clip (DDPO/RLCM, GRPO), DPOK's clamped-ratio loss, per-step
+DPO (D3PO), REBEL's regression, ReFL's hinge, advantages.
 
 See docs/methods.md sections 4 and 5. Log-probabilities are per sampler step, shape (B,) (or any shape: every
 loss here averages over all elements); how they are reduced over latent dimensions is the sampler's option.
@@ -135,7 +136,8 @@ def refl_loss(reward: Tensor, shift: float, scale: float) -> tuple[Tensor, dict[
     ImageReward's constants are shift = 2 and scale = grad_scale = 1e-3 (scripts/train_refl.sh), set for its
     score, which is standardised (about zero mean, unit spread): a reward stops pulling once it is above `shift`
     (about two standard deviations above the mean there), and `scale` only shrinks the gradient (under Adam it
-    matters through gradient clipping and ε alone). Other rewards need their own values. reward: (B,).
+    matters through gradient clipping and ε alone). methods/refl.py passes every reward standardised by the base
+    model's statistics, so those constants serve any reward. reward: (B,).
 
     info (floats): active = fraction of rewards below shift (those with gradient), hinge = mean relu(shift - r).
     """
@@ -145,6 +147,42 @@ def refl_loss(reward: Tensor, shift: float, scale: float) -> tuple[Tensor, dict[
     with torch.no_grad():
         info = {"active": float((reward < shift).float().mean()), "hinge": float(hinge.mean())}
     return hinge.mean() * scale, info
+
+
+def dpok_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    ratio_clip: float,
+    kl: Tensor,
+    reward_weight: float,
+    kl_weight: float,
+) -> tuple[Tensor, dict[str, float]]:
+    """DPOK's policy loss on a batch of replayed single transitions (Fan et al. 2023; google-research/DPOK
+    train_online_pg.py `_train_policy_func`):
+
+        ρ = clamp( exp(log_prob - old_log_prob), 1 - c, 1 + c )
+        loss = mean( -reward_weight · A · ρ )  +  kl_weight · mean(kl)
+
+    A clamp of the ratio, not PPO's pessimistic min of the clipped and unclipped terms: outside the band a
+    transition passes no policy gradient, whatever the sign of A. (Computed as a clamp of the log-ratio, the same
+    value and gradient without an overflowing exp.) All inputs (B,), A = reward - V(x_k) from the value baseline,
+    kl the per-transition divergence to the frozen model (with gradient through the policy's side only).
+
+    info (floats): ratio = mean clamped ratio (DPOK's logged "ratio"), clipfrac = share of transitions outside the
+    band, kl = mean(kl), policy_loss = the first term.
+    """
+    if ratio_clip <= 0:
+        raise ValueError(f"ratio_clip must be > 0, got {ratio_clip}")
+    log_ratio = log_prob - old_log_prob
+    ratio = torch.exp(_clamped_log_ratio(log_prob, old_log_prob, ratio_clip))
+    policy_loss = (-reward_weight * advantages * ratio).mean()
+    mean_kl = kl.mean()
+    loss = policy_loss + kl_weight * mean_kl
+    with torch.no_grad():
+        info = {"ratio": float(ratio.mean()), "kl": float(mean_kl), "policy_loss": float(policy_loss),
+                "clipfrac": float(((torch.exp(log_ratio) - 1.0).abs() > ratio_clip).float().mean())}
+    return loss, info
 
 
 def clip_advantages(adv: Tensor | np.ndarray, max_abs: float) -> Tensor | np.ndarray:

@@ -24,8 +24,9 @@ gradient, 2 (η (Δ - Δ') - (A - A')) η ∇ℓ_θ(k), needs every step's log-r
 N-1 steps of its 2m trajectories in one graph (as RLCM does, lines 274-334) and is one term of minibatch_update.
 With `memory_saving`, the same gradient is taken exactly one step at a time: a no-grad pass gives every step's
 ℓ_θ, then for each k the loss is recomputed with only step k live and the others as constants; the chain rule's
-terms ∂loss/∂ℓ_k · ∇ℓ_k then sum to the full gradient, for one more denoiser forward per step (the meter
-charges it) and one step's activations instead of N-1.
+terms ∂loss/∂ℓ_k · ∇ℓ_k then sum to the full gradient, for one more denoiser forward per step (the no-grad
+pass: work redone to save memory, charged as recomputation, nfe_recompute, as the sampler's checkpointing is) and
+one step's activations instead of N-1.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bench.api import (
     Dist,
     Knob,
     Method,
+    SamplerConfig,
     TrainConfig,
     Trajectory,
     at_least,
@@ -117,7 +119,7 @@ class REBELConfig(TrainConfig):
     visit every 5.6 steps, so a 36-step testbed run ends with per_prompt_share about 0.3-0.5 (in the logs)."""
     memory_saving: bool = False
     """Back-propagate one sampler step at a time, exactly (see the module docstring): memory of one step instead
-    of N-1, for one more denoiser forward per stochastic step."""
+    of N-1, for one more denoiser forward per stochastic step (counted as recomputation, in no count budget)."""
     lr: float = 1e-3
 
     def resolve(self, name: str) -> None:
@@ -126,6 +128,11 @@ class REBELConfig(TrainConfig):
         positive(f"{name}: eta", self.eta)
         at_least(f"{name}: inner_epochs", self.inner_epochs, 1)
         stat_counts(name, self.stat_min_count, self.stat_buffer)
+
+    def nfe_per_step(self, sampler: SamplerConfig) -> int:
+        """Sampling (N forwards per image), then per inner epoch every stochastic step of every image re-scored, a
+        forward and a backward (memory_saving's extra no-grad pass is recomputation, not counted here)."""
+        return self.batch_size * (sampler.steps + 3 * self.inner_epochs * (sampler.steps - 1))
 
 
 class REBEL(Method):
@@ -186,7 +193,7 @@ class REBEL(Method):
         if not self.cfg.memory_saving:  # every step of the minibatch in one graph: one term of minibatch_update
             return self.minibatch_update(1, share, lambda _: loss_of(all_steps()), sums)
         if share > 0:
-            with torch.no_grad():
+            with torch.no_grad(), self.policy.meter.recomputing():  # redone only to keep one step's graph at a time
                 frozen = all_steps()  # (2m, K): ℓ_θ at the current θ, the constants of every other step
             loss, info = loss_of(frozen)
             for k in range(k_steps):

@@ -4,14 +4,20 @@ f-divergence between the trained and the frozen model's per-step Gaussian polici
     maximise  E[ r(image_θ, c) ]  -  β · E[ Σ_{k} w_k · D_f( π_θ(·|x_k) ‖ π_ref(·|x_k) ) ]
 
 The image is a differentiable function of θ through every sampling step (reparameterised sampling with
-fixed noise, per-step checkpointing), so the reward must be differentiable. Both policies at a step share
+fixed noise, optionally per-step checkpointing), so the reward must be differentiable. Both policies at a step share
 σ_k, so D_f depends only on δ_k = ‖μ_θ - μ_ref‖ / σ_k (bench/core/divergences.py). `divergence="none"` (β = 0)
 is unregularised ROCM — full-trajectory DRaFT on an LCM (methods/draft.py truncates it to the last K steps:
 DRaFT-K, AlignProp) — the ablation that shows reward hacking.
 
+The sum runs over the N-1 noisy steps, the per-step policies the paper regularises. `final_step` adds the
+final, deterministic step, read as a Gaussian at the last σ (bench/core/sampler.py final_step_gaussian; the same
+measure evaluation's kl-to-base uses): off by default, as ROCM's objective has per-step policies only on the noisy
+steps (docs/methods.md §3 gives the argument); kl-to-base measures the final step for every method either way.
+
 Logged per step besides the reward and the loss: `per_dim` (the resolved form of δ, 0 or 1) and, when
-regularised, `delta_k0`, `delta_k1`, … (the batch mean of the whole-vector δ_k at each noisy step k), so a
-regulariser that saturates (a bounded divergence past δ of a few units) or explodes (chi2) is visible.
+regularised, `delta_k0`, `delta_k1`, … (the batch mean of the whole-vector δ_k at each noisy step k; `delta_final`
+with final_step), so a regulariser that saturates (a bounded divergence past δ of a few units) or explodes (chi2)
+is visible.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from bench.api import (
     Dist,
     Knob,
     Method,
+    SamplerConfig,
     TrainConfig,
     Trajectory,
     at_least,
+    final_step_gaussian,
     gaussian_divergence,
     one_of,
     per_dim_default,
@@ -70,7 +78,11 @@ class ROCMConfig(TrainConfig):
     step_weighting: str = "uniform"
     """Step weights w_k: "uniform", or "normalized" (cancels KL's ᾱ/(1-ᾱ) factor so every step counts alike)."""
     detach_state: bool = False
-    """Detach the state fed to the reference model in the regulariser (False: gradients flow through it)."""
+    """Detach the state fed to the reference model in the regulariser (False: gradients flow through it, the
+    pathwise gradient of the objective; docs/protocol.md §3 gives what either costs)."""
+    final_step: bool = False
+    """Also regularise the final deterministic step, read as a Gaussian at the last σ (one more reference forward
+    per sample, and its backward; docs/methods.md §3)."""
     lr: float = 3e-3
 
     def resolve(self, name: str) -> None:
@@ -89,6 +101,24 @@ class ROCMConfig(TrainConfig):
             return latent_dims is not None and per_dim_default(self.divergence, latent_dims)
         return setting
 
+    @property
+    def regularised(self) -> bool:
+        return self.divergence != "none" and self.beta > 0
+
+    def nfe_per_step(self, sampler: SamplerConfig) -> int:
+        return self.batch_size * self.sample_cost(sampler.steps, sampler.steps)
+
+    def sample_cost(self, n: int, k: int) -> int:
+        """NFE per sample of one reparameterised sampling of n steps whose last k carry gradient (1 <= k <= n), its
+        regulariser and the backward. Forward: the n policy steps, the reference at the k - 1 noisy steps with
+        gradient (and at the final step's input with final_step). Backward: the policy's k steps, and the
+        reference's wherever its input depends on θ (not the first step with gradient, whose input is constant;
+        none with detach_state)."""
+        reference = (k - 1 + self.final_step) if self.regularised else 0
+        through = self.regularised and not self.detach_state and k >= 2  # the reference's inputs carry gradient
+        ref_backward = (k - 2 + self.final_step) if through else 0
+        return n + reference + 2 * (k + ref_backward)
+
     def knob_scale(self, field: str, latent_dims: int | None) -> float:
         scale = super().knob_scale(field, latent_dims)
         if field == "beta" and latent_dims is not None and self.uses_per_dim(latent_dims):
@@ -97,17 +127,26 @@ class ROCMConfig(TrainConfig):
 
 
 def regulariser(traj: Trajectory, cfg: ROCMConfig, per_dim: bool, first_step: int = 0) -> tuple[torch.Tensor, dict]:
-    """Σ_{k >= first_step} w_k D_f(π_θ(·|x_k) ‖ π_ref(·|x_k)) over the noisy steps k of `traj` (B,), and the logs
-    delta_k{k}: the batch mean of the whole-vector δ_k at each, whatever form the divergence uses. `first_step`:
-    the first noisy step whose reference mean was evaluated (DRaFT's truncated gradients evaluate fewer)."""
+    """Σ_{k >= first_step} w_k D_f(π_θ(·|x_k) ‖ π_ref(·|x_k)) over the noisy steps k of `traj` (B,), plus the final
+    step's with cfg.final_step, and the logs delta_k{k} (delta_final): the batch mean of the whole-vector δ at each,
+    whatever form the divergence uses. `first_step`: the first noisy step whose reference mean was evaluated (DRaFT's
+    truncated gradients evaluate fewer). With the final step, step_weighting's weights run over N steps, the final
+    one at ᾱ_f (its "normalized" weight equals the last noisy step's)."""
     divergence = traj.means.new_zeros(traj.means.shape[0])  # (B,)
     deltas = {}
-    weights = step_weights(traj.schedule.alpha_bar_prev, cfg.step_weighting).to(divergence)  # (N-1,)
+    alphas = traj.schedule.alpha_bar_prev  # (N-1,)
+    if cfg.final_step:
+        alphas = torch.cat([alphas, traj.schedule.alpha_bar_final[None]])  # (N,)
+    weights = step_weights(alphas, cfg.step_weighting).to(divergence)
     for k in range(first_step, traj.num_noisy_steps):
         mean, ref, sigma = traj.means[:, k], traj.ref_means[:, k], traj.schedule.sigmas[k].item()
         d = gaussian_divergence(cfg.divergence, mean, ref, sigma, per_dim=per_dim)  # (B,)
         divergence = divergence + weights[k] * d
         deltas[f"delta_k{k}"] = whole_vector_delta(mean, ref, sigma).mean().item()
+    if cfg.final_step:
+        mean, ref, sigma = final_step_gaussian(traj)  # (B, C, H, W) twice, σ_f
+        divergence = divergence + weights[-1] * gaussian_divergence(cfg.divergence, mean, ref, sigma, per_dim=per_dim)
+        deltas["delta_final"] = whole_vector_delta(mean, ref, sigma).mean().item()
     return divergence, deltas
 
 
@@ -123,7 +162,7 @@ class ROCM(Method):
 
     def __init__(self, name, cfg: ROCMConfig, policy, sampler, reward, prompts, generator, dist=Dist()):
         super().__init__(name, cfg, policy, sampler, reward, prompts, generator, dist)
-        self.regularised = cfg.divergence != "none" and cfg.beta > 0
+        self.regularised = cfg.regularised
         self.per_dim = cfg.uses_per_dim(math.prod(policy.latent_shape))
 
     def grad_steps(self) -> int | None:
@@ -134,20 +173,24 @@ class ROCM(Method):
         """The reward to maximise (B,), differentiable w.r.t. θ, and extra logs (process-local means)."""
         return self.reward(traj.images, traj.prompts), {}
 
-    def step(self) -> dict[str, float]:
+    def step_parts(self) -> int:
+        return self.batch_parts(self.cfg.batch_size)  # the cost is per sample: a smaller batch, a smaller step
+
+    def step(self, fraction: float = 1.0) -> dict[str, float]:
         cfg = self.cfg
-        rows = self.dist.rows(cfg.batch_size)  # this process's share of the global batch (all of it in one process)
+        batch = self.partial_batch(cfg.batch_size, fraction)  # cfg.batch_size but for a time budget's last step
+        rows = self.dist.rows(batch)  # this process's share of the global batch (all of it in one process)
         grad_steps = self.grad_steps()  # drawn before the prompts: the same generator calls in every process
-        traj = sample(self.policy, self.draw_prompts(cfg.batch_size), self.sampler, self.generator, grad=True,
+        traj = sample(self.policy, self.draw_prompts(batch), self.sampler, self.generator, grad=True,
                       with_reference=self.regularised, detach_reference_state=cfg.detach_state, rows=rows,
-                      grad_steps=grad_steps)
+                      grad_steps=grad_steps, final_reference=self.regularised and cfg.final_step)
         reward, extra = self.score(traj)  # (B,), differentiable w.r.t. θ through every step that carries gradient
         divergence, deltas = torch.zeros_like(reward), {}  # (B,) Σ_k w_k D_f at the visited states
         if self.regularised:
             first = max(len(traj.schedule.timesteps) - grad_steps, 0) if grad_steps else 0  # first step with gradient
             divergence, deltas = regulariser(traj, cfg, self.per_dim, first)
         loss = -(reward - cfg.beta * divergence).mean()
-        self.backward(loss, self.dist.share(len(rows), cfg.batch_size))
+        self.backward(loss, self.dist.share(len(rows), batch))
         grad_norm = self.update()
         self.steps_done += 1
         logs = self.dist.mean({"reward_mean": reward.mean().item(), "divergence": divergence.mean().item(),

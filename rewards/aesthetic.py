@@ -12,6 +12,8 @@ bicubic kernel), so the reward is differentiable and first-order methods can tra
 Weights: the CLIP snapshot from the hub (the same cache entry as the `clip` reward) and the head file DDPO ships
 (ddpo_pytorch/assets, identical to the improved-aesthetic-predictor repository's), both fetched by
 `bench fetch aesthetic`. `tests/test_aesthetic.py` checks the score against DDPO's recipe on tiny random weights.
+Where the weights come from (`load`) is kept apart from how the reward scores, so that `aesthetic-random`
+(rewards/random_weights.py) differs only in `load`.
 """
 
 from __future__ import annotations
@@ -35,21 +37,28 @@ class Aesthetic(Reward):
 
     def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
         super().__init__(device, meter)
+        clip, self.processing, mlp = self.load()
+        self.clip = clip.to(self.device).eval().requires_grad_(False)
+        self.mlp = mlp.to(self.device).eval().requires_grad_(False)
+
+    def load(self) -> tuple[CLIPModel, ClipProcessing, ScoreMLP]:
+        """Where the model comes from — here the CLIP snapshot in the local hub cache and the head file in the
+        torch hub cache (`bench fetch aesthetic`): (CLIP, preprocessing, head). Everything else, scoring included,
+        is shared with `aesthetic-random` (rewards/random_weights.py), which overrides only this."""
         model_dir = weights.hub_folder(self.name, weights.CLIP_L14)
         head_file = weights.url_file(self.name)
-        self.clip = CLIPModel.from_pretrained(model_dir).to(self.device).eval().requires_grad_(False)
-        self.processing = ClipProcessing(model_dir / "preprocessor_config.json")
+        clip = CLIPModel.from_pretrained(model_dir)
         state = torch.load(head_file, map_location="cpu", weights_only=True)
         names = sorted({k.rsplit(".", 1)[0] for k in state})
         if names != [f"layers.{i}" for i in HEAD_LAYERS]:
             raise BenchError(f"{head_file}: not an aesthetic-predictor head (layers {names}); "
                              f"run: bench fetch aesthetic")
-        self.mlp = ScoreMLP({i: tuple(state[f"layers.{i}.weight"].shape) for i in HEAD_LAYERS})
-        self.mlp.load_state_dict(state)  # strict, as DDPO's MLP loads it
-        if self.mlp.layers["0"].in_features != self.clip.config.projection_dim:
-            raise BenchError(f"{head_file}: head takes {self.mlp.layers['0'].in_features}-d embeddings, the CLIP "
-                             f"in the cache gives {self.clip.config.projection_dim}-d")
-        self.mlp = self.mlp.to(self.device).eval().requires_grad_(False)
+        mlp = ScoreMLP({i: tuple(state[f"layers.{i}.weight"].shape) for i in HEAD_LAYERS})
+        mlp.load_state_dict(state)  # strict, as DDPO's MLP loads it
+        if mlp.layers["0"].in_features != clip.config.projection_dim:
+            raise BenchError(f"{head_file}: head takes {mlp.layers['0'].in_features}-d embeddings, the CLIP "
+                             f"in the cache gives {clip.config.projection_dim}-d")
+        return clip, ClipProcessing.from_file(model_dir / "preprocessor_config.json"), mlp
 
     def score_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, 224, 224) CLIP-normalised pixels -> (B,) scores (the original's path after its processor)."""

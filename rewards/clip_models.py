@@ -10,6 +10,10 @@ the pixels: resize the shortest side to `shortest_edge` (bicubic, antialiased li
 normalise with the processor's mean/std read from its preprocessor_config.json. `ImageReward` reuses it (its
 torchvision transform is the same recipe). Prompts go through the real `CLIPTokenizer`; text embeddings are
 computed without gradient and cached per prompt.
+
+Where the weights come from (`load`: the hub cache) is kept apart from how the reward scores (everything else),
+so that `pickscore-random` and `clip-random` (rewards/random_weights.py: the same architectures with random
+weights, for cost measurement) differ from these only in `load`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel, CLIPTokenizer
+from transformers import CLIPModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from bench.api import ComputeMeter, Reward
 from rewards import weights
@@ -57,17 +61,20 @@ def clip_preprocess(images: torch.Tensor, shortest_edge: int, crop: tuple[int, i
 
 
 class ClipProcessing:
-    """A processor's preprocessing settings read from its preprocessor_config.json (no PIL involved)."""
+    """A processor's preprocessing settings: the fields of its preprocessor_config.json (no PIL involved)."""
 
-    def __init__(self, config_file: Path):
-        cfg = json.loads(Path(config_file).read_text())
+    def __init__(self, cfg: dict, source: str = "preprocessor config"):
         size = cfg.get("size", 224)
         self.shortest_edge = size["shortest_edge"] if isinstance(size, dict) else int(size)
         crop = cfg.get("crop_size", self.shortest_edge)
         self.crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
         self.mean, self.std = cfg["image_mean"], cfg["image_std"]
         if cfg.get("resample", 3) != 3:  # 3 = PIL.Image.BICUBIC, what every CLIP processor here uses
-            raise ValueError(f"{config_file}: resample={cfg['resample']} is not bicubic")
+            raise ValueError(f"{source}: resample={cfg['resample']} is not bicubic")
+
+    @classmethod
+    def from_file(cls, config_file: Path) -> "ClipProcessing":
+        return cls(json.loads(Path(config_file).read_text()), str(config_file))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return clip_preprocess(images, self.shortest_edge, self.crop, self.mean, self.std)
@@ -81,13 +88,19 @@ class _CLIPReward(Reward):
 
     def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
         super().__init__(device, meter)
+        model, self.tokenizer, self.processing = self.load()
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    def load(self) -> tuple[CLIPModel, PreTrainedTokenizerBase, ClipProcessing]:
+        """Where the model comes from — here the local hub cache (`bench fetch NAME`): (model, tokenizer,
+        preprocessing). Everything else, scoring included, is shared with the random-weight variants
+        (rewards/random_weights.py), which override only this."""
         model_dir = weights.hub_folder(self.name, self.repo_id)
         proc_dir = (weights.hub_files(self.name, self.processor_repo, weights.CLIP_PROCESSOR_FILES)
                     if self.processor_repo else model_dir)
-        self.model = CLIPModel.from_pretrained(model_dir).to(self.device).eval().requires_grad_(False)
-        self.tokenizer = CLIPTokenizer.from_pretrained(proc_dir)
-        self.processing = ClipProcessing(proc_dir / "preprocessor_config.json")
-        self._text_cache: dict[str, torch.Tensor] = {}
+        return (CLIPModel.from_pretrained(model_dir), CLIPTokenizer.from_pretrained(proc_dir),
+                ClipProcessing.from_file(proc_dir / "preprocessor_config.json"))
 
     def clear_prompt_cache(self) -> None:
         self._text_cache.clear()

@@ -7,7 +7,8 @@ with the maintained `open_clip_torch` and loads the official checkpoint `xswu/HP
 image and text features (no logit scale), with the package's validation transform (`light_augmentation=True`):
 resize the longest side to 224 (bicubic, antialiased, on the float tensor, as torchvision does after `ToTensor`),
 pad the short side with black, normalise with OpenAI's mean/std. `tests/test_real_rewards.py` checks equality
-with the package's own `score()` on the same tiny random weights.
+with the package's own `score()` on the same tiny random weights. Where the weights come from (`load`) is kept
+apart from how the reward scores, so that `hpsv2-random` (rewards/random_weights.py) differs only in `load`.
 """
 
 from __future__ import annotations
@@ -49,16 +50,25 @@ class HPSv2(Reward):
         import open_clip
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-        path = weights.hub_file(self.name, weights.HPS, self.checkpoint)
-        self.model = open_clip.create_model(arch, pretrained=None, precision="fp32", device="cpu")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["state_dict"])  # strict, as hpsv2's score() loads it
-        self.model = self.model.to(self.device).eval().requires_grad_(False)
+        self.arch = arch
+        self.model = self.load().to(self.device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.image_size = self.model.visual.image_size
         self.image_size = self.image_size[0] if isinstance(self.image_size, (tuple, list)) else self.image_size
         self.mean, self.std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         self._text_cache: dict[str, torch.Tensor] = {}
+
+    def load(self) -> torch.nn.Module:
+        """Where the model comes from — here the official checkpoint in the local hub cache (`bench fetch NAME`),
+        loaded into open_clip's `arch`. Everything else, scoring included, is shared with `hpsv2-random`
+        (rewards/random_weights.py), which overrides only this."""
+        import open_clip
+
+        path = weights.hub_file(self.name, weights.HPS, self.checkpoint)
+        model = open_clip.create_model(self.arch, pretrained=None, precision="fp32", device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])  # strict, as hpsv2's score() loads it
+        return model
 
     def clear_prompt_cache(self) -> None:
         self._text_cache.clear()

@@ -10,7 +10,9 @@ names), the text encoder is BLIP's `med.py` BERT in its "multimodal" mode (self-
 image tokens, feed-forward; written out below, ~60 lines, because transformers' `BertModel` has no cross-attention
 from a different width). Preprocessing is ImageReward's torchvision transform done in torch (`clip_preprocess`),
 the tokenizer is BLIP's `bert-base-uncased` with its two added tokens, padded to 35. `tests/test_real_rewards.py`
-checks equality with the package's own `ImageReward.score` on the same tiny random weights.
+checks equality with the package's own `ImageReward.score` on the same tiny random weights. Where the weights
+come from (`load`) is kept apart from how the reward scores, so that `imagereward-random`
+(rewards/random_weights.py: BLIP ViT-L + its BERT + the MLP with random weights) differs only in `load`.
 """
 
 from __future__ import annotations
@@ -147,32 +149,42 @@ class ScoreMLP(nn.Module):
         return x
 
 
-def _vit_from_state(state: dict[str, torch.Tensor]) -> nn.Module:
-    """timm VisionTransformer sized from BLIP ViT weights: width, patch, image size, depth, MLP ratio."""
-    from timm.models.vision_transformer import VisionTransformer
-
+def vit_config_from_state(state: dict[str, torch.Tensor]) -> dict:
+    """BLIP ViT sizes read from its weights: image size, patch, width, depth, MLP ratio (`blip_vit`'s arguments)."""
     width = state["pos_embed"].shape[-1]
     patch = state["patch_embed.proj.weight"].shape[-1]
     side = math.isqrt(state["pos_embed"].shape[1] - 1)  # pos_embed: (1, 1 + (img/patch)^2, width)
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / width
-    return VisionTransformer(img_size=side * patch, patch_size=patch, embed_dim=width, depth=depth,
-                             num_heads=width // VIT_HEAD_DIM, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
+    return {"img_size": side * patch, "patch_size": patch, "embed_dim": width, "depth": depth,
+            "mlp_ratio": state["blocks.0.mlp.fc1.weight"].shape[0] / width}
+
+
+def blip_vit(img_size: int, patch_size: int, embed_dim: int, depth: int, mlp_ratio: float) -> nn.Module:
+    """BLIP's ViT as timm's `VisionTransformer` (the same parameter names), 64-wide heads, CLS token, no head."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                             num_heads=embed_dim // VIT_HEAD_DIM, mlp_ratio=mlp_ratio, qkv_bias=True, num_classes=0,
                              global_pool="", class_token=True)
 
 
 class ImageRewardNet(nn.Module):
     """The module tree of `ImageReward.ImageReward` that scoring uses (parameter names identical)."""
 
-    def __init__(self, med_config: dict, state: dict[str, torch.Tensor]):
+    def __init__(self, med_config: dict, vit: dict, mlp: dict[str, tuple[int, int]]):
+        """`vit`: `blip_vit`'s arguments; `mlp`: ScoreMLP's (out, in) shape per Sequential index."""
         super().__init__()
-        sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
         self.blip = nn.Module()
-        self.blip.visual_encoder = _vit_from_state(sub("blip.visual_encoder."))
-        width = self.blip.visual_encoder.embed_dim
-        self.blip.text_encoder = BlipTextEncoder(med_config, image_width=width)
-        self.mlp = ScoreMLP({k.split(".")[0]: tuple(v.shape) for k, v in sub("mlp.layers.").items()
-                             if k.endswith(".weight")})
+        self.blip.visual_encoder = blip_vit(**vit)
+        self.blip.text_encoder = BlipTextEncoder(med_config, image_width=vit["embed_dim"])
+        self.mlp = ScoreMLP(mlp)
+
+    @classmethod
+    def sized_from(cls, med_config: dict, state: dict[str, torch.Tensor]) -> "ImageRewardNet":
+        """The network at the sizes a checkpoint's weights have (the weights themselves still to be loaded)."""
+        sub = lambda prefix: {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+        mlp = {k.split(".")[0]: tuple(v.shape) for k, v in sub("mlp.layers.").items() if k.endswith(".weight")}
+        return cls(med_config, vit_config_from_state(sub("blip.visual_encoder.")), mlp)
 
     def forward(self, pixels, ids, attention_mask):
         """(B, 3, S, S) normalised, (B, L) tokens -> (B,) raw MLP output."""
@@ -196,21 +208,27 @@ class ImageReward(Reward):
 
     def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
         super().__init__(device, meter)
+        model, self.tokenizer = self.load()
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.image_size = self.model.blip.visual_encoder.patch_embed.img_size[0]
+        self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> tuple[ImageRewardNet, BertTokenizer]:
+        """Where the model comes from — here `THUDM/ImageReward` and `bert-base-uncased`'s tokenizer in the local
+        hub cache (`bench fetch imagereward`). Everything else, scoring included, is shared with
+        `imagereward-random` (rewards/random_weights.py), which overrides only this."""
         ckpt = weights.hub_file(self.name, weights.IMAGEREWARD, "ImageReward.pt")
         med_config = json.loads(weights.hub_file(self.name, weights.IMAGEREWARD, "med_config.json").read_text())
         bert_dir = weights.hub_files(self.name, weights.BERT, weights.BERT_TOKENIZER_FILES)
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        self.model = ImageRewardNet(med_config, state)
+        model = ImageRewardNet.sized_from(med_config, state)
         # The package loads with strict=False; here only keys scoring never uses may be left over
         # (BLIP's contrastive projections, the position-id buffer), and nothing may be missing.
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         unused = [k for k in unexpected if not re.match(r"blip\.(vision_proj|text_proj)\.|.*position_ids$", k)]
         if missing or unused:
             raise BenchError(f"{ckpt} does not match ImageReward: missing {missing[:5]}, unexpected {unused[:5]}")
-        self.model = self.model.to(self.device).eval().requires_grad_(False)
-        self.tokenizer = blip_tokenizer(bert_dir)
-        self.image_size = self.model.blip.visual_encoder.patch_embed.img_size[0]
-        self._tokens: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        return model, blip_tokenizer(bert_dir)
 
     def tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompts -> (B, 35) ids and attention mask, tokenised once per distinct prompt."""

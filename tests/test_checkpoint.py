@@ -20,25 +20,36 @@ from bench.run.config import SuiteConfig, apply_sets
 from bench.run.runner import run_suite
 
 SETS = ["eval.points=2", "eval.max_prompts=2", "eval.samples_per_prompt=2", "eval.min_images=0",
-        "method.batch_size=4", *(f"{f}.{k}=2" for f in ("ddpo", "dpok", "grpo") for k in ("prompts_per_step",
-                                                                                          "samples_per_prompt")),
-        "ddpo.train_batch_size=4", "grpo.train_batch_size=4", "dpok.train_batch_size=4", "d3po.train_batch_size=2",
-        "rebel.train_batch_size=2", "eval.metrics=brightness", "checkpoint.every_steps=1"]
-STEP_NFE = {"rocm": 96, "draft-k": 24, "alignprop": 48, "refl": 24, "ddpo": 52, "d3po": 64, "grpo": 64, "dpok": 64,
-            "rebel": 52}  # NFE of one outer step with these settings (at most: AlignProp's K varies)
+        "method.batch_size=4", *(f"{f}.{k}=2" for f in ("ddpo", "grpo") for k in ("prompts_per_step",
+                                                                                 "samples_per_prompt")),
+        "ddpo.train_batch_size=4", "grpo.train_batch_size=4", "dpok.train_batch_size=4", "dpok.updates_per_step=1",
+        "dpok.accumulation=2", "d3po.train_batch_size=2", "rebel.train_batch_size=2", "eval.metrics=brightness",
+        "checkpoint.every_steps=1"]
 WALL = ("seconds",)  # wall-time fields: the only ones a resumed run may change
 
 
-class Stop(Exception):
-    """Stands for a kill."""
+def step_nfe(method: str, sets=()) -> int:
+    """NFE of one outer step with these settings, as the method declares it (at most: AlignProp's K varies)."""
+    from bench.run.config import apply_model_defaults, method_config
+
+    s = SuiteConfig(methods=[method], rewards=["brightness"], seeds=[0], budget=Budget.parse("1nfe"))
+    apply_sets(s, [*SETS, *sets])
+    apply_model_defaults(s)
+    _, cfg = method_config(method, s)
+    cfg.validate(method, s.sampler)
+    return cfg.nfe_per_step(s.sampler)
 
 
 def suite_of(method: str, budget: str = "", sets=()) -> SuiteConfig:
     """`method` on tiny with a count budget of about 4.5 steps (by default)."""
-    budget = budget or f"{STEP_NFE[method.split('-')[0] if method.startswith('rocm') else method] * 9 // 2}nfe"
+    budget = budget or f"{step_nfe(method, sets) * 9 // 2}nfe"
     s = SuiteConfig(methods=[method], rewards=["brightness"], seeds=[0], budget=Budget.parse(budget))
     apply_sets(s, [*SETS, *sets])
     return s
+
+
+class Stop(Exception):
+    """Stands for a kill."""
 
 
 def rows(path) -> list[dict]:

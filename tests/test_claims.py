@@ -11,10 +11,10 @@ from bench.analysis.claims import (
     ClaimsConfig,
     at_compute,
     c1_table,
+    c4_curves,
     first_crossing,
     frontier_peaks,
     gap_curves,
-    sensitivity,
     threshold,
     value_at,
     write_claims,
@@ -51,15 +51,16 @@ def frame(curves: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_c1_mean_over_reaching_seeds_and_count():
+def test_c1_median_and_measured_range_over_reaching_seeds():
     ev = frame({("a", 0, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.2), (1, 200, 1.4)],
                 ("a", 1, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.0), (1, 200, 1.2)],
                 ("b", 0, "test", "g"): [(0, 0, 1.0), (0.5, 100, 1.01), (1, 200, 1.02)]})
     t = c1_table(ev, "g", "test", gain=0.1, xcol="nfe").set_index("method")
     assert t.loc["a", "threshold"] == pytest.approx(1.1)
-    # seed 0 crosses at 50, seed 1 at 150: mean 100 over 2 of 2
-    assert t.loc["a", "mean"] == pytest.approx(100.0) and t.loc["a", "reached"] == 2 and t.loc["a", "runs"] == 2
-    assert math.isnan(t.loc["b", "mean"]) and t.loc["b", "reached"] == 0
+    # seed 0 crosses at 50, seed 1 at 150: median 100, range 50-150 (both measured crossings), 2 of 2
+    assert t.loc["a", "median"] == pytest.approx(100.0) and t.loc["a", "reached"] == 2 and t.loc["a", "runs"] == 2
+    assert (t.loc["a", "min"], t.loc["a", "max"]) == pytest.approx((50.0, 150.0))
+    assert math.isnan(t.loc["b", "median"]) and t.loc["b", "reached"] == 0  # never: drawn and tabled as such
 
 
 def test_gap_is_train_minus_test_per_point():
@@ -80,11 +81,21 @@ def test_frontier_peak_is_the_highest_mean_point():
     assert p["peak_x"] == 100 and p["end_gain"] == pytest.approx(-0.1) and p["end_sqrt_kl"] == pytest.approx(3.0)
 
 
-def test_sensitivity_spread_ignores_stopped_trials():
-    trials = pd.DataFrame({"method": ["a"] * 4, "reward": ["r"] * 4, "score": [0.7, 0.75, float("-inf"), 0.72]})
-    s = sensitivity(trials).iloc[0]
-    assert (s["trials"], s["finite"]) == (4, 3)
-    assert s["spread"] == pytest.approx(0.05) and s["median"] == pytest.approx(0.72)
+def test_c4_curves_by_learning_rate_and_own_setting():
+    import json
+
+    rows = [(1e-4, 1.0, 0.70, {"100": 0.69, "101": 0.71}), (1e-3, 1.0, 0.75, {"100": 0.74, "101": 0.76}),
+            (1e-2, 1.0, float("-inf"), {}), (1e-4, 3.0, 0.72, {"100": 0.72, "101": 0.72}),
+            (1e-3, 3.0, 0.71, {"100": 0.70, "101": 0.72}), (1e-2, 3.0, 0.73, {"100": 0.73, "101": 0.73}),
+            (1e-3, 0.3, 0.60, {"100": 0.6, "101": 0.6})]
+    trials = pd.DataFrame([{"method": "a", "reward": "r", "values": json.dumps({"lr": lr, "beta": b}), "score": s,
+                            "score@1nfe": s, "seeds@1nfe": json.dumps(seeds)} for lr, b, s, seeds in rows])
+    c = c4_curves(trials, "1nfe")
+    assert len(c) == 6  # the stopped trial (-inf) is not a point of a curve
+    centre = c[c["centre"]]
+    assert set(centre["setting"]) == {"beta=1"} or set(centre["setting"]) == {"beta=3"}  # the most tried setting
+    row = c[(c["lr"] == 1e-3) & (c["setting"] == "beta=1")].iloc[0]
+    assert (row["score"], row["low"], row["high"]) == (0.75, 0.74, 0.76)
 
 
 def test_at_compute_interpolates_each_run_to_the_target():
@@ -101,7 +112,8 @@ def test_at_compute_interpolates_each_run_to_the_target():
 def test_claims_on_published_folders(tmp_path):
     files = write_claims([FRONTIER / "proxy-beta-3"], tmp_path, ClaimsConfig(budgets=(7500,)),
                          ceiling=[FRONTIER / "gold-none"])
-    assert {f.name for f in files} == {"claims.md", "c1_compute.png", "c6_gap.png", "c6_frontier.png"}
+    assert {f.name for f in files} == {"claims.md", "gain_vs_compute.png", "c1_compute.png", "c6_gap.png",
+                                       "c6_frontier.png"}
     text = (tmp_path / "claims.md").read_text()
     assert "| rocm-kl | testbed-pref |" in text and "| rocm-none | testbed-gold |" in text
     # the published frontier's peak (results/README.md): +0.0192 gold at kl 1.26 for beta 3
@@ -126,8 +138,8 @@ def test_c4_from_the_published_sweep_alone(tmp_path):
     files = write_claims([], tmp_path, ClaimsConfig(), sweep=ROOT / "results" / "v2-sweep")
     assert [f.name for f in files] == ["claims.md", "c4_sensitivity.png"]
     text = (tmp_path / "claims.md").read_text()
-    assert "| grpo | testbed-pref | 4 | 4 |" in text  # every method had the same 4 trials
-    assert len([line for line in text.splitlines() if line.startswith("| ") and "testbed-pref" in line]) == 14
+    assert "| grpo | 4 |" in text  # every method had the same 4 trials (a v2 sweep: Optuna's, not the protocol)
+    assert len([line for line in text.splitlines() if line.startswith("| ") and "| 4 |" in line]) == 14
     with pytest.raises(BenchError, match="give suite folders"):
         write_claims([], tmp_path, ClaimsConfig())
 

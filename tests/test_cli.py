@@ -22,9 +22,10 @@ SMALL = ["--set", "eval.points=2", "--set", "eval.max_prompts=2", "--set", "eval
          "--set", "eval.min_images=0",
          "--set", "method.batch_size=4", "--set", "method.prompts_per_step=2", "--set", "method.samples_per_prompt=2",
          "--set", "ddpo.train_batch_size=4", "--set", "grpo.train_batch_size=4", "--set", "dpok.train_batch_size=4",
+         "--set", "dpok.updates_per_step=1", "--set", "dpok.accumulation=1",
          "--set", "d3po.train_batch_size=2", "--set", "rebel.train_batch_size=2", "--model", "tiny", "--no-progress"]
 ALL_METHODS = ("rocm-kl,rocm-js,rocm-hellinger,rocm-tv,rocm-chi2,rocm-none,draft-k,alignprop,refl,"
-               "ddpo,grpo,dpok,rebel,d3po")
+               "ddpo,ddpo-kl,grpo,dpok,rebel,d3po")
 
 
 def bench(*args, check=True, **kw):
@@ -45,7 +46,7 @@ def test_every_method_runs_and_the_report_renders(tmp_path):
           "--budget", "200nfe", "--out", str(out), *SMALL)
     bench("run", "--methods", "ddpo,grpo,dpok,rebel,d3po", "--rewards", "jpeg-compressibility", "--seeds", "0", "--budget", "100nfe",
           "--out", str(tmp_path / "jpeg"), *SMALL)
-    for suite_dir, n in ((out, 14), (tmp_path / "jpeg", 5)):
+    for suite_dir, n in ((out, 15), (tmp_path / "jpeg", 5)):
         runs = sorted((suite_dir / "runs").iterdir())
         assert len(runs) == n
         for run in runs:

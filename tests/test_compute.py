@@ -99,11 +99,14 @@ def test_rocm_step_charges_decoder_and_reward_backward(hand):
     b = 2
     meter, policy, _ = one_step("rocm-kl", batch_size=b)
     pol, ref, n = hand["policy"], hand["reference"], STEPS
-    # Policy: N forwards, N-1 checkpoint recomputes (not the final step), N backwards. Reference: N-1 forwards;
-    # its first call's input x_T is constant and its weights frozen, so no gradient flows there: N-2
-    # recomputes and N-2 backwards. A backward costs 2 forwards.
-    assert (meter.nfe_forward, meter.nfe_backward) == (b * (n + n - 1 + n - 1 + n - 2), b * (n + n - 2))
-    denoiser = b * (pol * (n + n - 1 + 2 * n) + ref * (n - 1 + n - 2 + 2 * (n - 2)))
+    # Policy: N forwards, N backwards. Reference: N-1 forwards; its first call's input x_T is constant and its
+    # weights frozen, so no gradient flows there: N-2 backwards. A backward costs 2 forwards. The sampler's
+    # checkpointing (on here) recomputes the policy's N-1 noisy steps (not the final step) and the reference's N-2
+    # with a backward: counted apart, in no budget.
+    assert (meter.nfe_forward, meter.nfe_backward) == (b * (n + n - 1), b * (n + n - 2))
+    assert meter.nfe_recompute == b * (n - 1 + n - 2)
+    assert meter.flops_recompute == pytest.approx(b * (pol * (n - 1) + ref * (n - 2)), rel=1e-9)
+    denoiser = b * (pol * (n + 2 * n) + ref * (n - 1 + 2 * (n - 2)))
     check(meter, policy, hand, denoiser, decoder=3 * b * hand["decoder"], reward=3 * b * hand["reward"])
 
 
@@ -188,16 +191,19 @@ def test_counting_changes_no_result_and_no_rng():
 def test_counters_round_trip_and_old_counters_load():
     meter, _, _ = one_step("rocm-kl", batch_size=2)
     c = meter.counters()
-    assert set(c) == {"nfe", "nfe_forward", "nfe_backward", "reward_calls", "images", "seconds", "flops",
-                      "flops_denoiser", "flops_decoder", "flops_reward", "flops_text", "nfe_eq"}
-    assert all(c[k] > 0 for k in c if k != "seconds") and c["nfe_eq"] > c["nfe"]  # decoder and reward cost
+    assert set(c) == {"nfe", "nfe_forward", "nfe_backward", "nfe_recompute", "reward_calls", "images", "seconds",
+                      "flops", "flops_denoiser", "flops_decoder", "flops_reward", "flops_text", "flops_value",
+                      "flops_recompute", "nfe_eq"}
+    assert all(c[k] > 0 for k in c if k not in ("seconds", "flops_value")) and c["nfe_eq"] > c["nfe"]  # decoder, reward
+    assert c["flops_value"] == 0  # no value function in ROCM
     back = ComputeMeter()
     back.load_counters(json.loads(json.dumps(c)))
     assert back.counters() == c
     old = {"nfe": 24, "nfe_forward": 8, "nfe_backward": 8, "reward_calls": 8, "images": 8, "seconds": 1.5}
     back.load_counters(old)
-    assert back.counters() == old | dict.fromkeys(("flops", "flops_denoiser", "flops_decoder", "flops_reward",
-                                                   "flops_text", "nfe_eq"), 0.0)
+    assert back.counters() == old | {"nfe_recompute": 0} | dict.fromkeys(
+        ("flops", "flops_denoiser", "flops_decoder", "flops_reward", "flops_text", "flops_value", "flops_recompute",
+         "nfe_eq"), 0.0)
 
 
 def test_cache_per_shape_and_nested_calls_charged_once():

@@ -33,7 +33,8 @@ def test_meter_counts_backward_twice_and_pauses():
 
 
 def suite(**kw):
-    base = dict(methods=["rocm-kl", "ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("100nfe"))
+    # 1000 NFE: more than one default step of each method at up to 8 sampling steps (validate refuses less)
+    base = dict(methods=["rocm-kl", "ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("1000nfe"))
     return SuiteConfig(**(base | kw))
 
 
@@ -79,3 +80,11 @@ def test_validation_errors(kw, match):
 
 def test_policy_gradient_methods_accept_non_differentiable_reward():
     validate(suite(methods=["ddpo", "d3po"], rewards=["jpeg-compressibility"]))
+
+
+def test_evaluation_schedule_is_dense_by_default():
+    from bench.run.config import DENSE, EvalConfig, eval_schedule
+
+    assert eval_schedule(EvalConfig()) == list(DENSE) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0]
+    assert eval_schedule(EvalConfig(points=4)) == [0.25, 0.5, 0.75, 1.0]
+    assert eval_schedule(EvalConfig(points=4, fractions=(0.5, 0.1))) == [0.1, 0.5, 1.0]  # fractions win; 1 added

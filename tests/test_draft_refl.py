@@ -1,6 +1,8 @@
 """Truncated first-order methods: the sampler's truncation options (gradient through the last K steps only, early
 stop at step j) against the full sampler, ROCM unchanged by the shared regulariser, DRaFT-K / AlignProp / DRaFT-LV
-and ReFL on the tiny model, ReFL's loss on hand-computed values and against ImageReward's formula, the CLI."""
+on the tiny model — truncation that stays truncation (K = N refused, the first step's evaluation never reached by
+gradient, checked on the graph) —, the knobs that follow the sampler's N, and the CLI for these and ReFL (whose own
+tests are tests/test_refl.py)."""
 
 import os
 import subprocess
@@ -8,15 +10,13 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.core.divergences import gaussian_divergence, step_weights
 from bench.core.errors import BenchError
 from bench.core.sampler import SamplerConfig, sample
 from bench.registry.lookup import knobs_for, method_class
 from methods.draft import Draft, DraftConfig
-from methods.losses import refl_loss
-from methods.refl import ReFL, ReFLConfig
+from methods.refl import ReFLConfig
 from methods.rocm import ROCM, ROCMConfig
 from rewards.toy import Brightness
 
@@ -95,9 +95,9 @@ def test_grad_steps_charges_only_the_truncated_work(tiny_policy, train_prompts):
     assert torch.isnan(traj.ref_means[:, :2]).all() and torch.isfinite(traj.ref_means[:, 2]).all()
     traj.images.mean().backward()
     c = p.meter.counters()
-    # 4 policy forwards + 1 reference forward + 1 checkpoint recompute (step 2; the final step is not checkpointed);
-    # backward through the policy's last 2 steps only (the reference's input x_2 is a constant: no backward).
-    assert c["nfe_forward"] == 6 * b and c["nfe_backward"] == 2 * b
+    # 4 policy forwards + 1 reference forward, and 1 checkpoint recompute counted apart (step 2; the final step is
+    # not checkpointed); backward through the policy's last 2 steps only (the reference's input x_2 is a constant).
+    assert c["nfe_forward"] == 5 * b and c["nfe_backward"] == 2 * b and c["nfe_recompute"] == b
 
 
 def test_last_step_stops_early_and_keeps_the_generator_in_step(tiny_policy, train_prompts):
@@ -158,19 +158,51 @@ def test_rocm_step_unchanged_by_the_factoring(train_prompts, divergence, beta):
 
 
 # ---- DRaFT-K, AlignProp, DRaFT-LV -------------------------------------------------------------------------------
-def test_draft_with_k_at_least_n_is_rocm_none(train_prompts):
-    from bench.core.policy import ModelConfig
-    from bench.core.tiny import tiny
+@pytest.mark.parametrize("k", [STEPS, STEPS + 5])
+def test_draft_with_k_at_least_n_is_refused_as_rocm_none(tiny_policy, train_prompts, k):
+    with pytest.raises(BenchError, match=f"k = {k} >= sampler.steps = {STEPS}: .*that is rocm-none") as e:
+        build(tiny_policy, train_prompts, Draft, DraftConfig(k=k, batch_size=4))
+    assert "\n" not in str(e.value)
+    assert build(tiny_policy, train_prompts, Draft, DraftConfig(k=0, batch_size=4)).k_now == STEPS - 1  # 0: N - 1
 
-    weights = []
-    for cls, cfg in ((ROCM, ROCMConfig(divergence="none", beta=0.0, batch_size=4)),
-                     (Draft, DraftConfig(k=9, batch_size=4))):
-        torch.manual_seed(0)
-        policy = tiny(ModelConfig())
-        logs = build(policy, train_prompts, cls, cfg).step()
-        weights.append(lora(policy))
-    assert logs["k"] == STEPS  # clamped to N
-    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+def first_step_gradients(policy, algo) -> list[float]:
+    """Run one outer step, recording the gradient that reaches the output of every denoiser evaluation of the
+    first (noisiest) sampling step, by a hook on the autograd graph: [] if none of them is on the graph."""
+    from bench.core.sampler import make_schedule
+
+    first_t = make_schedule(policy, algo.sampler).timesteps[0]
+    seen, real = [], policy.consistency
+
+    def consistency(x, t, cond, w):
+        out = real(x, t, cond, w)
+        if t == first_t and out.requires_grad:
+            out.register_hook(lambda g: seen.append(float(g.abs().sum())) or g)
+        return out
+
+    policy.consistency = consistency
+    try:
+        algo.step()
+    finally:
+        del policy.consistency
+    return seen
+
+
+@pytest.mark.parametrize("name, fields", [("draft-k", {"k": STEPS - 1}), ("draft-k", {"k": 1}), ("alignprop", {}),
+                                          ("draft-k", {"k": STEPS - 1, "divergence": "kl", "beta": 1.0})])
+def test_truncated_gradients_never_reach_the_first_step(tiny_policy, train_prompts, name, fields):
+    """Checked on the graph: no gradient reaches the first step's evaluation of f_θ, over many AlignProp draws too,
+    while ROCM's does reach it (the check can fail)."""
+    perturb(tiny_policy)
+    cls, overrides = method_class(name)
+    algo = build(tiny_policy, train_prompts, cls, cls.Config(**(overrides | fields), batch_size=4))
+    ks = set()
+    for _ in range(8 if name == "alignprop" else 1):
+        assert first_step_gradients(tiny_policy, algo) == []
+        ks.add(algo.k_now)
+    assert ks <= set(range(1, STEPS)) and (name != "alignprop" or STEPS - 1 in ks)  # the largest K was drawn
+    rocm = build(tiny_policy, train_prompts, ROCM, ROCMConfig(divergence="none", beta=0.0, batch_size=4))
+    assert sum(first_step_gradients(tiny_policy, rocm)) > 0
 
 
 def test_alignprop_draws_k_uniformly_from_its_range(tiny_policy, train_prompts):
@@ -204,9 +236,13 @@ def test_draft_lv_redraws_the_last_noisy_step(tiny_policy, train_prompts, monkey
     assert logs["k"] == 1 and "reward_traj" in logs
 
 
-def test_draft_lv_needs_a_noisy_step(tiny_policy, train_prompts):
-    with pytest.raises(BenchError, match="n_lv > 1"):
+def test_truncation_needs_two_steps_and_alignprop_three(tiny_policy, train_prompts):
+    with pytest.raises(BenchError, match="needs sampler.steps >= 2"):
         build(tiny_policy, train_prompts, Draft, DraftConfig(n_lv=2), steps=1)
+    cls, overrides = method_class("alignprop")
+    with pytest.raises(BenchError, match="DRaFT-1 .*needs sampler.steps >= 3"):
+        build(tiny_policy, train_prompts, cls, cls.Config(**overrides), steps=2)
+    assert build(tiny_policy, train_prompts, cls, cls.Config(**overrides), steps=8).k_high == 7  # K in 1 … N-1
 
 
 def test_draft_regulariser_is_rocms_on_the_steps_with_gradient(tiny_policy, train_prompts):
@@ -215,57 +251,9 @@ def test_draft_regulariser_is_rocms_on_the_steps_with_gradient(tiny_policy, trai
     assert logs["divergence"] > 0 and set(k for k in logs if k.startswith("delta_k")) == {"delta_k2"}
 
 
-# ---- ReFL -------------------------------------------------------------------------------------------------------
-def test_refl_loss_known_values():
-    reward = torch.tensor([1.0, 3.0, -1.0, 2.0], requires_grad=True)
-    loss, info = refl_loss(reward, shift=2.0, scale=1e-3)
-    # relu(2 - r) = [1, 0, 3, 0]: mean 1, times 1e-3
-    torch.testing.assert_close(loss, torch.tensor(1e-3))
-    assert info == {"active": 0.5, "hinge": 1.0}
-    loss.backward()  # d/dr = -scale / B below the shift, 0 above (and at it: relu'(0) = 0)
-    torch.testing.assert_close(reward.grad, torch.tensor([-2.5e-4, 0.0, -2.5e-4, 0.0]))
-    with pytest.raises(ValueError):
-        refl_loss(reward, 2.0, 0.0)
-
-
-def test_refl_loss_matches_imagereward_formula():
-    rewards = torch.randn(16, generator=torch.Generator().manual_seed(0)) * 2
-    grad_scale = 1e-3
-    # THUDM/ImageReward ImageReward/ReFL.py lines 755-756, transcribed as an independent check
-    theirs = F.relu(-rewards + 2)
-    theirs = theirs.mean() * grad_scale
-    torch.testing.assert_close(refl_loss(rewards, 2.0, grad_scale)[0], theirs, rtol=0, atol=0)
-
-
-def test_refl_step_range_and_pretrain_term(tiny_policy, train_prompts):
-    algo = build(tiny_policy, train_prompts, ReFL, ReFLConfig(batch_size=4, pretrain_weight=1.0, shift=2.0))
-    assert (algo.j_min, algo.j_max) == (1, STEPS - 1)
-    first = algo.step()
-    assert first["pretrain"] < 1e-12  # the policy starts as the reference
-    js = {algo.step()["step_j"] for _ in range(12)}
-    assert js <= {1.0, 2.0, 3.0} and len(js) > 1
-    perturb(tiny_policy)
-    assert algo.step()["pretrain"] > 0
-
-
-def test_refl_step_costs_j_forwards_and_one_backward(tiny_policy, train_prompts):
-    algo = build(tiny_policy, train_prompts, ReFL, ReFLConfig(batch_size=4, step_min=2, step_max=2))
-    logs = algo.step()
-    c, b = tiny_policy.meter.counters(), 4
-    assert logs["step_j"] == 2 and c["nfe_forward"] == 3 * b and c["nfe_backward"] == b  # the steps after j never run
-
-
 @pytest.mark.parametrize("fields, match", [
-    ({"step_min": 4}, "not a range"), ({"step_max": -5}, "not a range"), ({"step_min": 3, "step_max": 2}, "below"),
-    ({"scale": 0.0}, "scale"), ({"pretrain_weight": -1.0}, "pretrain_weight"), ({"step_min": -1}, "step_min")])
-def test_refl_bad_config_is_one_line(tiny_policy, train_prompts, fields, match):
-    with pytest.raises(BenchError, match=match) as e:
-        build(tiny_policy, train_prompts, ReFL, ReFLConfig(**fields))
-    assert "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("fields, match", [
-    ({"k": 0}, "k must be"), ({"k_min": 3, "k": 2}, "k_min"), ({"n_lv": 0}, "n_lv"), ({"beta": 1.0}, "beta = 0")])
+    ({"k": -1}, "k must be >= 0"), ({"k_min": 3, "k": 2}, "k_min"), ({"n_lv": 0}, "n_lv"), ({"beta": 1.0}, "beta = 0"),
+    ({"k": 4}, "rocm-none"), ({"k_min": 4}, "k_min")])
 def test_draft_bad_config_is_one_line(tiny_policy, train_prompts, fields, match):
     with pytest.raises(BenchError, match=match) as e:
         build(tiny_policy, train_prompts, Draft, DraftConfig(**fields))
@@ -286,14 +274,24 @@ def test_one_step_changes_the_lora_weights(tiny_policy, train_prompts, name, ext
     assert any(not torch.equal(a, b) for a, b in zip(before, lora(tiny_policy)))
 
 
-def test_knobs():
-    assert set(knobs_for("draft-k")) == {"lr", "k"} and set(knobs_for("alignprop")) == {"lr", "k"}
+def test_knobs_follow_the_samplers_steps():
+    assert set(knobs_for("draft-k")) == {"lr", "k"} and set(knobs_for("alignprop")) == {"lr"}  # AlignProp's range
     assert set(knobs_for("refl")) == {"lr", "step_min"}  # γ = 0: the regulariser is off, so not swept
-    k = knobs_for("draft-k")["k"]
-    assert k.integer and (k.low, k.high) == (1, 4)
+    for steps in (4, 8):
+        k, j = knobs_for("draft-k", steps=steps)["k"], knobs_for("refl", steps=steps)["step_min"]
+        assert k.integer and (k.low, k.high) == (1, steps - 1)  # never K = N: rocm-none
+        assert j.integer and (j.low, j.high) == (0, steps - 2)  # never the last step alone: DRaFT-1 with a hinge
     regularised = DraftConfig(divergence="kl", beta=2.0).resolved_knobs()
     assert (regularised["beta"].low, regularised["beta"].high) == pytest.approx((0.2, 20.0))
     assert ReFLConfig(pretrain_weight=1.0).resolved_knobs()["pretrain_weight"].high == pytest.approx(10.0)
+    # the sweep reads the suite's sampler
+    from bench.core.compute import Budget
+    from bench.run.config import SuiteConfig, apply_sets
+    from bench.sweep.protocol import method_knobs
+
+    suite = SuiteConfig(methods=["draft-k"], rewards=["brightness"], seeds=[0], budget=Budget.parse("100nfe"))
+    apply_sets(suite, ["sampler.steps=6"])
+    assert method_knobs("draft-k", suite)["k"].high == 5 and method_knobs("refl", suite)["step_min"].high == 4
 
 
 def test_command_line(tmp_path):

@@ -90,3 +90,12 @@ def test_the_checks_fail_on_a_method_that_reaches_the_runner(tree_copy):
     rocm.write_text(rocm.read_text() + "\nfrom bench.run import runner  # noqa\n")
     assert "methods.rocm -> bench.run.runner (methods/ and rewards/ import only bench.api and bench/core/)" in \
         violations(graph(tree_copy))
+
+
+def test_every_file_docs_architecture_names_exists():
+    """Every repository path the page names in backticks (`bench/run/runner.py`, `methods/`) exists."""
+    page = (REPO / "docs/architecture.md").read_text()
+    named = set(re.findall(r"`((?:bench|methods|rewards|tests|docs|results)/[\w/.\-]*)`", page))
+    assert len(named) > 20
+    missing = sorted(p for p in named if not (REPO / p).exists())
+    assert not missing, missing

@@ -14,7 +14,8 @@ import math
 import pytest
 import torch
 
-from bench.models.sd15 import UNET, VAE, clip_tokenizer, sd15_modules
+from bench.core.clip_bpe import clip_tokenizer
+from bench.models.sd15 import UNET, VAE, sd15_modules
 
 # Published sizes: stable-diffusion-v1-5's unet 859,520,964, vae 83,653,863, text_encoder 123,060,480; the LCM
 # guidance embedding adds time_embedding.cond_proj, a bias-free Linear(256 -> 320).
@@ -55,7 +56,7 @@ def test_the_registry_knows_it():
 FAMILIES = ["rocm-kl", "draft-k", "refl", "ddpo", "grpo", "dpok", "rebel", "d3po"]  # one entry per method module
 SMALL = ["model.resolution=64", "sampler.steps=2", "method.batch_size=2", "method.train_batch_size=2",
          "method.prompts_per_step=1", "method.samples_per_prompt=2", "d3po.train_batch_size=1",
-         "rebel.train_batch_size=1"]
+         "rebel.train_batch_size=1", "refl.step_min=0", "dpok.updates_per_step=1", "dpok.accumulation=1"]
 
 
 @pytest.mark.slow

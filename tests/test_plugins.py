@@ -148,7 +148,7 @@ def test_a_plugin_model_and_its_defaults(registries):
     from bench.run.config import metrics_for, validate
     from bench.run.suite_file import RunOptions
 
-    suite, _ = suite_from_options(RunOptions(model=f"{HERE}:tiny_red", methods="ddpo", budget="100nfe"))
+    suite, _ = suite_from_options(RunOptions(model=f"{HERE}:tiny_red", methods="ddpo", budget="1000nfe"))  # > 1 step
     validate(suite)
     assert suite.model.name == "tiny-red" and suite.rewards == ["colorfulness"]  # the builder's declared defaults
     assert metrics_for(suite, "colorfulness") == ["colorfulness", "brightness", "kl-to-base"]

@@ -1,4 +1,4 @@
-"""Protocol 2 (docs/protocol.md), checked on what the real runner writes: every evaluation row covers every prompt
+"""The protocol (docs/protocol.md), checked on what the real runner writes: every evaluation row covers every prompt
 of its split with enough images, the splits are disjoint, validation is evaluated only when asked for, and the
 protocol version is recorded."""
 
@@ -48,7 +48,7 @@ def test_every_eval_row_covers_every_prompt_of_its_split(tmp_path, splits):
         assert r["n_images"] >= max(128, 2 * r["n_prompts"]) and r["n"] == r["n_images"], r
     config = json.loads((run / "config.json").read_text())
     manifest = json.loads((tmp_path / "suite" / "manifest.json").read_text())
-    assert config["protocol"] == manifest["protocol"] == PROTOCOL == 2
+    assert config["protocol"] == manifest["protocol"] == PROTOCOL == 3
     assert config["prompts"] == expected
     summary = json.loads((run / "summary.json").read_text())
     assert summary["reported_split"] == splits.split(",")[-1]

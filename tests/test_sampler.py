@@ -1,5 +1,6 @@
 """The shared sampler: equal to LCMScheduler step for step, correct log-probabilities, exact re-scoring,
-reparameterised gradients identical with and without checkpointing, and compute charged where it happens."""
+reparameterised gradients identical with and without checkpointing (whose recomputation is counted apart), and
+compute charged where it happens."""
 
 import diffusers.schedulers.scheduling_lcm as scheduling_lcm
 import pytest

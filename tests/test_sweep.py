@@ -24,7 +24,7 @@ TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress",
         "--set", "eval.points=1", "--set", "eval.max_prompts=2", "--set", "eval.samples_per_prompt=2",
         "--set", "eval.min_images=0", "--set", "rocm.batch_size=4", "--set", "ddpo.train_batch_size=4",
         "--set", "ddpo.prompts_per_step=2", "--set", "ddpo.samples_per_prompt=2"]  # a knob fixed by --set
-SWEEP = ["sweep", "--methods", "rocm-kl,ddpo", "--trials", "2", *TINY]
+SWEEP = ["sweep", "--methods", "rocm-kl,ddpo", "--sampler", "tpe", "--trials", "2", *TINY]
 
 
 def bench(*args, check=True):
@@ -143,7 +143,7 @@ def test_stopped_trials_are_counted_but_never_selected(tmp_path):
         study.enqueue_trial({"lr": value}, user_attrs={"folder": "x", "hacked": [] if score > 0 else None})
         study.tell(study.ask({"lr": lr}), score)
     table = write_outputs(tmp_path, s)
-    assert "| ddpo | brightness | colorfulness | 2 | 1 | 0.5 | 0.5 | 0.5 | 0% | lr=0.001 |" in table
+    assert "| ddpo | brightness | 200nfe | 2 | 1 | 0.5 | 0.5 | 0.5 | 0% | lr=0.001 | 0.5 |" in table
     assert json.loads((tmp_path / "selected.json").read_text())["methods"]["ddpo"]["brightness"]["trial"] == 1
 
 
@@ -183,9 +183,9 @@ def test_selection_uses_validation_and_sweep_seeds_and_is_written(swept):
             if ".interrupted" not in run.name:
                 assert {r["split"] for r in eval_rows(run)} == {"train", "validation"}  # never test
     table = (out / "sensitivity.md").read_text()
-    assert "| rocm-kl | brightness | colorfulness | 2 |" in table and "| ddpo | brightness |" in table
+    assert "| rocm-kl | brightness | 200nfe | 2 |" in table and "Selection by colorfulness ↑" in table and "| ddpo | brightness |" in table
     assert table.strip() in p.stdout
-    assert (out / "sensitivity.csv").read_text().startswith("method,reward,metric,trials,stopped,min,median,max")
+    assert (out / "sensitivity.csv").read_text().startswith("method,reward,budget,metric,trials,stopped,min,median,max")
 
 
 def test_from_sweep_runs_the_selected_configuration_on_test_prompts(swept, tmp_path):
@@ -240,7 +240,10 @@ def test_bad_sweep_input_is_one_line_and_exit_2(swept, tmp_path, capsys, monkeyp
     out, _, _ = swept
     for args, match in [
         (["sweep", "--methods", "rocm-kll", *TINY], "did you mean 'rocm-kl'"),
-        (["sweep", "--trials", "0", *TINY], "--trials must be >= 1"),
+        (["sweep", "--sampler", "tpe", "--trials", "0", *TINY], "--trials must be >= 1"),
+        (["sweep", "--sweep-seeds", "100", *TINY], ">= 2 sweep seeds"),
+        (["sweep", "--lr-points", "1", *TINY], "--lr-points must be >= 2"),
+        (["sweep", "--budgets", "100nfe,1s", *TINY], "one unit"),
         (["sweep", "--select", "brightness", *TINY], "training reward"),
         (["sweep", "--sampler", "grd", *TINY], "did you mean 'grid'"),
         (["sweep", "--methods", "rocm-kl", "--set", "method.lr=1e-3", "--set", "rocm.beta=1", *TINY], "no knobs"),

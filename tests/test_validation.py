@@ -15,7 +15,7 @@ TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress", "--set", "eval
     # shared by every method (TrainConfig)
     ("ddpo", ["ddpo.lr=0"], "ddpo: lr must be > 0, got 0.0"),
     ("d3po", ["d3po.weight_decay=-1"], "d3po: weight_decay must be >= 0"),
-    ("rocm-js", ["rocm-js.max_grad_norm=nan"], "rocm-js: max_grad_norm must be >= 0, got nan"),
+    ("rocm-js", ["rocm-js.max_grad_norm=nan"], "rocm-js: max_grad_norm must be a finite number, got nan"),
     ("refl", ["refl.batch_size=0"], "refl: batch_size must be >= 1"),
     # ROCM
     ("rocm-kl", ["rocm-kl.divergence=kll"], "unknown divergence 'kll'; did you mean 'kl'?"),
@@ -24,12 +24,15 @@ TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress", "--set", "eval
     ("rocm-kl", ["rocm-kl.per_dim=maybe"], "per_dim setting 'maybe'"),
     ("rocm-kl", ["rocm-kl.step_weighting=normalised"], "did you mean 'normalized'?"),
     # DRaFT-K / AlignProp (the sampler-dependent rule too)
-    ("draft-k", ["draft-k.k=0"], "draft-k: k must be >= 1"),
-    ("alignprop", ["alignprop.k_min=5"], "alignprop: k_min must be 0"),
+    ("draft-k", ["draft-k.k=-1"], "draft-k: k must be >= 0"),
+    ("draft-k", ["draft-k.k=4"], "draft-k: k = 4 >= sampler.steps = 4: gradient through every step, that is rocm-none"),
+    ("alignprop", ["alignprop.k=2", "alignprop.k_min=5"], "alignprop: k_min must be 0"),
+    ("alignprop", ["sampler.steps=2"], "is DRaFT-1 (draft-k); AlignProp's random truncation needs sampler.steps >= 3"),
     ("draft-k", ["draft-k.n_lv=2", "sampler.steps=1"], "needs sampler.steps >= 2"),
     # ReFL
     ("refl", ["refl.step_min=9"], "refl: steps 9 … -1 are not a range within the 4 sampling steps"),
     ("refl", ["refl.scale=0"], "refl: scale must be > 0"),
+    ("refl", ["refl.step_min=3"], "refl: steps 3 … 3 are the last step alone at sampler.steps = 4: that is DRaFT-1"),
     ("refl", ["refl.step_min=3", "refl.step_max=2"], "refl: step_max (2) is below step_min (3)"),
     # DDPO
     ("ddpo", ["ddpo.train_batch_size=3"], "ddpo: batch_size (32) must be a multiple of train_batch_size (3)"),
@@ -42,8 +45,11 @@ TINY = ["--model", "tiny", "--budget", "200nfe", "--no-progress", "--set", "eval
     ("grpo", ["grpo.samples_per_prompt=1", "grpo.train_batch_size=4"], "group size G"),
     ("grpo", ["grpo.timestep_fraction=1.5"], "grpo: timestep_fraction must be in (0, 1], got 1.5"),
     ("grpo", ["grpo.stat_buffer=5"], "GRPO's advantages use each step's group alone"),
-    ("dpok", ["dpok.divergence=hellingr"], "did you mean 'hellinger'?"),
-    ("dpok", ["dpok.beta=-0.5"], "dpok: beta must be >= 0"),
+    ("grpo", ["grpo.adv_norm=batch"], "unknown grpo.adv_norm 'batch'"),
+    ("ddpo-kl", ["ddpo-kl.divergence=hellingr"], "did you mean 'hellinger'?"),
+    ("ddpo-kl", ["ddpo.beta=-0.5"], "ddpo-kl: beta must be >= 0"),
+    ("dpok", ["dpok.kl_weight=-0.5"], "dpok: kl_weight must be >= 0"),
+    ("dpok", ["dpok.batch_size=1", "dpok.train_batch_size=4"], "fewer than train_batch_size"),
     # D3PO, REBEL: pairs
     ("d3po", ["d3po.train_batch_size=3"], "twice a multiple of train_batch_size"),
     ("d3po", ["d3po.train_batch_size=0"], "d3po: train_batch_size must be >= 1"),
@@ -78,7 +84,7 @@ def test_shared_rules():
     checks.positive("x", 1e-9)
     checks.in_range("x", 1.0, 0, 1, open_low=True)
     checks.multiple_of("m", "batch", 8, "mb", 4)
-    for call, match in ((lambda: checks.at_least("x", float("nan"), 0), "x must be >= 0, got nan"),
+    for call, match in ((lambda: checks.at_least("x", float("nan"), 0), "x must be a finite number, got nan"),
                         (lambda: checks.positive("x", 0), "x must be > 0"),
                         (lambda: checks.in_range("x", 0, 0, 1, open_low=True), r"x must be in \(0, 1\]"),
                         (lambda: checks.in_range("x", 2, 0, 1), r"x must be in \[0, 1\]"),

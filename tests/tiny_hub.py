@@ -40,7 +40,7 @@ def snapshot_dir(cache: Path, repo_id: str, repo_type: str = "model") -> Path:
 
 def write_clip_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt of CLIP's BPE (from open_clip's copy), loaded by `CLIPTokenizer.from_pretrained`."""
-    from bench.models.sd15 import write_clip_bpe
+    from bench.core.clip_bpe import write_clip_bpe
 
     write_clip_bpe(folder)
     end = "<|endoftext|>"

@@ -2,18 +2,22 @@
 sweep folder written by `bench sweep` — whatever the data show.
 
 C1 compute efficiency: for every method, the compute at which a run first reaches a gold threshold (the held-out
-   metric nobody trains on, e.g. testbed-gold) and a proxy threshold (the training reward), linearly
-   interpolated between evaluation points; mean and 95% CI over the seeds that reached it, and how many did.
+   metric nobody trains on, e.g. testbed-gold) and a proxy threshold (the training reward), between the two
+   evaluation points that straddle it (the dense schedule puts points at 1, 2, 5, 10, 20, … % of the budget);
+   the median over the seeds that reached it, their range (never beyond what was measured), and how many did.
    Thresholds are declared relative to the base model (fraction 0, the same for every run): gold at
    base × (1 + gold_gain), proxy at base × (1 + proxy_gain) (for a metric whose base is negative, base + |base|
-   × gain). A run that never reaches it is censored: counted in "reached k/n", not in the mean.
-C4 sensitivity to hyperparameters: the spread of the selection score over a method's sweep trials (min, median,
-   max, max − min); every method had the same number of trials on the validation prompts.
+   × gain). A run that never reaches it is censored: counted in "reached k/n", drawn as "never".
+C4 sensitivity to hyperparameters: the selection score against the learning rate (the grid every method shares)
+   for each setting of a method's own knobs, with the seeds' range, from the sweep's trials.csv.
 C6 generalisation and overfitting: the training-prompt minus test-prompt gap of the gold and the proxy over
    compute (mean and CI over seeds at each evaluation point), and the gold-versus-√KL frontier with each
    method's peak (the evaluation point of highest mean gold).
+The ranking: at each compute point of `budgets` (else at the end), every pair of systems compared on the gold's
+   per-image scores, paired and Holm-corrected (bench/analysis/ranking.py): significant wins, losses and ties.
 
-Outputs (OUT): claims.md (tables), c1_compute.png, c4_sensitivity.png, c6_gap.png, c6_frontier.png.
+Outputs (OUT): claims.md (tables), gain_vs_compute.png (the one-glance figure), c1_compute.png,
+c4_sensitivity.png, c6_gap.png, c6_frontier.png.
 """
 
 from __future__ import annotations
@@ -98,14 +102,17 @@ def crossings(ev: pd.DataFrame, metric: str, split: str, level: float, xcol: str
 
 
 def c1_table(ev: pd.DataFrame, metric: str, split: str, gain: float, xcol: str, higher: bool = True) -> pd.DataFrame:
-    """C1 for one metric: per (method, reward) the mean and CI of the compute to threshold, and reached k/n."""
+    """C1 for one metric: per (method, reward) the median compute to threshold over the seeds that reached it,
+    their min and max (both measured crossings: never past a run's last point), each seed's, and reached k/n."""
     level = threshold(base_value(ev, metric, split), gain)
     rows = []
     for (method, reward), g in crossings(ev, metric, split, level, xcol, higher).groupby(["method", "reward"],
                                                                                          sort=False):
-        mean, ci, k = mean_ci(g["x"])
-        rows.append({"method": method, "reward": reward, "metric": metric, "threshold": level, "mean": mean,
-                     "ci": ci, "reached": k, "runs": len(g)})
+        x = g["x"][np.isfinite(g["x"])]
+        rows.append({"method": method, "reward": reward, "metric": metric, "threshold": level,
+                     "median": float(x.median()) if len(x) else math.nan, "min": float(x.min()) if len(x) else math.nan,
+                     "max": float(x.max()) if len(x) else math.nan, "seeds": list(x), "reached": len(x),
+                     "runs": len(g)})
     return pd.DataFrame(rows)
 
 
@@ -175,19 +182,73 @@ def at_compute(ev: pd.DataFrame, metrics: list[str], split: str, xcol: str, targ
     return pd.DataFrame(out)
 
 
-def sensitivity(trials: pd.DataFrame) -> pd.DataFrame:
-    """C4: per (method, reward) the spread of the finite selection scores over the sweep's trials."""
+def c4_curves(trials: pd.DataFrame, budget: str | None = None) -> pd.DataFrame:
+    """C4 from trials.csv: per trial its method, learning rate, the setting of its own knobs (the other values, as
+    text; `centre` marks the setting the design holds them at), its score at `budget` (default: the run's length)
+    and the range of its seeds' scores."""
+    import json
+
+    score_col = f"score@{budget}" if budget and f"score@{budget}" in trials else "score"
+    seeds_col = f"seeds@{budget}" if budget and f"seeds@{budget}" in trials else None
     rows = []
-    for (method, reward), g in trials.groupby(["method", "reward"], sort=False):
-        s = pd.to_numeric(g["score"], errors="coerce")
-        s = s[np.isfinite(s)]
-        rows.append({"method": method, "reward": reward, "trials": len(g), "finite": len(s),
-                     "min": s.min(), "median": s.median(), "max": s.max(), "spread": s.max() - s.min()})
+    for t in trials.to_dict("records"):
+        values = json.loads(t["values"]) if str(t["values"]).startswith("{") else _pairs(str(t["values"]))
+        if "lr" not in values:
+            continue
+        seeds = [v for v in json.loads(t[seeds_col] or "{}").values() if v is not None] if seeds_col else []
+        score = pd.to_numeric(pd.Series([t[score_col]]), errors="coerce").iloc[0]
+        own = {k: v for k, v in values.items() if k != "lr"}
+        rows.append({"method": t["method"], "reward": t["reward"], "lr": float(values["lr"]),
+                     "setting": " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in sorted(own.items())), "own": own,
+                     "score": score, "low": min(seeds, default=score), "high": max(seeds, default=score)})
+    curves = pd.DataFrame(rows)
+    if curves.empty:
+        return curves
+    # the centre setting: the most frequent one of a method (the design repeats it at every learning rate)
+    centre = curves.groupby("method")["setting"].agg(lambda s: s.value_counts().index[0])
+    curves["centre"] = curves["setting"] == curves["method"].map(centre)
+    return curves[np.isfinite(curves["score"])]
+
+
+def _pairs(text: str) -> dict:
+    """"lr=0.001 beta=3" (trials.csv of sweeps before the protocol) -> {"lr": 0.001, "beta": 3.0}."""
+    out = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def gain_curves(runs: pd.DataFrame, ev: pd.DataFrame, gold: str, split: str, xcol: str) -> pd.DataFrame:
+    """Per (method, reward, fraction): the gold gain over the base model and its 95% interval — over seeds, prompts
+    and images from the per-image scores where the runs have them (bench/analysis/stats.py), else over seeds."""
+    from bench.analysis.stats import estimate
+    from bench.results.scores import read_scores
+
+    base = base_value(ev, gold, split)
+    rows = []
+    for (method, reward), g in runs.groupby(["method", "reward"], sort=False):
+        per = {r.seed: {round(f, 4): e["scores"][split][gold] for e in read_scores(r.dir)
+                        if gold in e["scores"].get(split, {}) for f in e["fractions"]} for r in g.itertuples()}
+        mine = metric_rows(ev, gold, split)
+        mine = mine[(mine["method"] == method) & (mine["reward"] == reward)]
+        for fraction, at in mine.groupby("fraction"):
+            arrays = [per[s].get(round(fraction, 4)) for s in at["seed"]]
+            if all(a is not None for a in arrays) and arrays:
+                ci = estimate(np.stack(arrays)).half_width
+            else:
+                ci = mean_ci(at["value"])[1]
+            rows.append({"method": method, "reward": reward, "fraction": fraction, "x": at[xcol].mean(),
+                         "gain": at["value"].mean() - base, "ci": ci if math.isfinite(ci) else 0.0})
     return pd.DataFrame(rows)
 
 
 # ---- outputs -----------------------------------------------------------------------------------------------
-def load_suites(folders: list[Path], notes: list[str] | None = None) -> tuple[pd.DataFrame, str]:
+def load_suites(folders: list[Path], notes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Every evaluation row of the folders' finished runs together (runs told apart by method, reward and seed) and
     the compute axis they share (bench.analysis.report.x_column). A run without summary.json (still running, or stopped)
     is left out, with a line in `notes`: a claim compares whole runs."""
@@ -203,13 +264,13 @@ def load_suites(folders: list[Path], notes: list[str] | None = None) -> tuple[pd
         if r.empty:
             raise BenchError(f"no finished run in {folder}: nothing to claim yet")
         e["run_id"] = str(folder) + "/" + e["run_id"]  # the same method, reward and seed may be in two folders
-        runs.append(r)
+        runs.append(r.assign(run_id=str(folder) + "/" + r["run_id"]))
         evs.append(e)
     runs_all, ev = pd.concat(runs), pd.concat(evs)
     dup = ev.drop_duplicates(["run_id"]).duplicated(["method", "reward", "seed"])
     if dup.any():
         raise BenchError("the same (method, reward, seed) is in two of the folders; give each run once")
-    return ev, x_column(runs_all, ev)
+    return ev, runs_all, x_column(runs_all, ev)
 
 
 def read_trials(sweep_dir: Path) -> pd.DataFrame:
@@ -229,145 +290,85 @@ def markdown(df: pd.DataFrame, columns: dict[str, str], digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def _label(method: str, reward: str, gold: str) -> str:
-    return f"{method} (on {gold})" if reward == gold else method
-
-
-def plot_c1(tables: list[pd.DataFrame], xcol: str, cfg: ClaimsConfig):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 0.35 * max(map(len, tables)) + 1.5),
-                             squeeze=False)
-    for ax, t in zip(axes[0], tables):
-        labels = [_label(m, r, cfg.gold) + f"  {k}/{n}" for m, r, k, n in
-                  zip(t["method"], t["reward"], t["reached"], t["runs"])]
-        y = np.arange(len(t))
-        ax.barh(y, t["mean"].fillna(0), xerr=t["ci"].fillna(0),
-                color=["tab:orange" if r == cfg.gold else "tab:blue" for r in t["reward"]], alpha=0.8)
-        ax.set_yticks(y, labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(left=0)  # compute is >= 0; a 2-seed CI can reach below it
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-        ax.set_xlabel(f"{xcol} to first reach {t['metric'].iloc[0]} >= {t['threshold'].iloc[0]:.4g}")
-        ax.set_title(f"C1: compute to threshold ({cfg.split} prompts; k/n seeds reached)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def sweep_base(sweep: Path, metric: str) -> float:
     """The base model's `metric` on the validation prompts: fraction 0 of the sweep's trial runs (the same model,
     prompts and noise in every one)."""
     from bench.results.io import read_jsonl
 
     # every trial run starts from the same base evaluation: a few files give it, the others only repeat it
-    values = [r["value"] for f in sorted(Path(sweep).glob("trials/*/trial-*/runs/*/eval.jsonl"))[:4]
+    values = [r["value"] for f in sorted(Path(sweep).glob("trials/*/*/runs/*/eval.jsonl"))[:4]
               for r in read_jsonl(f) if r.get("fraction") == 0 and r.get("split") == "validation"
               and r.get("metric") == metric]
     return float(np.mean(values)) if values else math.nan
 
 
-def plot_c4(sens: pd.DataFrame, trials: pd.DataFrame, metric: str, base: float = math.nan):
-    import matplotlib.pyplot as plt
+def ranking_section(runs: pd.DataFrame, ev: pd.DataFrame, cfg: ClaimsConfig, xcol: str) -> list[str]:
+    """The significant wins of every system on the gold at each compute point of cfg.budgets (else at the end)."""
+    from bench.analysis.ranking import detectable, ranking, system_scores
 
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(sens) + 1.5))
-    for i, (method, reward) in enumerate(zip(sens["method"], sens["reward"])):
-        s = pd.to_numeric(trials[(trials["method"] == method) & (trials["reward"] == reward)]["score"],
-                          errors="coerce")
-        s = s[np.isfinite(s)]
-        ax.plot(s, np.full(len(s), i), "o", color="tab:blue", alpha=0.7, ms=5)
-        ax.plot([s.min(), s.max()], [i, i], "-", color="tab:blue", lw=1)
-    if math.isfinite(base):
-        ax.axvline(base, color="grey", lw=0.8, ls="--", label="base model")
-        ax.legend(fontsize=7)
-    ax.set_yticks(range(len(sens)), sens["method"], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"selection score ({metric}, validation prompts) of each sweep trial")
-    ax.set_title("C4: sensitivity to hyperparameters (one dot per trial)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _colours(keys: list) -> dict:
-    import matplotlib.pyplot as plt
-
-    cmap = plt.get_cmap("tab20")
-    return {k: cmap(i % 20) for i, k in enumerate(keys)}
+    runs = runs.assign(run_dir=runs["dir"].astype(str))
+    # the compute points are in the suites' unit; a run's per-image scores know their budget in its own
+    targets = list(cfg.budgets) if cfg.budgets and set(runs["budget_kind"]) == {xcol} else [None]
+    text = []
+    for target in targets:
+        scores = system_scores(runs, cfg.split, cfg.gold, target)
+        if len(scores) < 2:
+            continue
+        table, comps = ranking(scores, higher=True)
+        where = f"at {target:g} {xcol}" if target is not None else "at the end of each run"
+        text += [f"## Ranking {where}: {cfg.gold}, {cfg.split} prompts, paired and Holm-corrected\n",
+                 f"{len(comps)} comparisons of {len(scores)} systems over {table['seeds'].min()} common seeds; "
+                 f"a win is a difference whose corrected p < 0.05, anything else a tie. Minimum detectable "
+                 f"difference at this many seeds, prompts and images: {detectable(comps):.4g}.\n",
+                 markdown(table.assign(value=[pm(m, c) for m, c in zip(table["mean"], table["ci"])]), {
+                     "system": "method@trained on", "value": f"{cfg.gold} (95% CI: seeds, prompts, images)",
+                     "wins": "wins", "ties": "ties", "losses": "losses", "better than": "significantly better than",
+                     "ties with": "ties with"}), ""]
+    return text
 
 
-def plot_gap(gaps: dict[str, pd.DataFrame], xcol: str):
-    import matplotlib.pyplot as plt
+def write_text(out: Path, text: list[str], written: list[Path]) -> list[Path]:
+    """claims.md from its lines, atomically; returns it first, then the plots already written."""
+    from bench.results.io import write_bytes_atomic
 
-    fig, axes = plt.subplots(1, len(gaps), figsize=(6.5 * len(gaps), 4.5), squeeze=False)
-    for ax, (metric, g) in zip(axes[0], gaps.items()):
-        colours = _colours(list(dict.fromkeys(g["method"])))
-        for method, c in g.groupby("method", sort=False):
-            ax.plot(c["x"], c["gap"], "o-", ms=3, color=colours[method], label=method)
-            ax.fill_between(c["x"], c["gap"] - c["ci"].fillna(0), c["gap"] + c["ci"].fillna(0),
-                            color=colours[method], alpha=0.12)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel(xcol)
-        ax.set_ylabel(f"{metric}: train − test prompts")
-        ax.set_title(f"C6: generalisation gap of {metric} over compute", fontsize=9)
-    axes[0][-1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def plot_frontier(ev: pd.DataFrame, peaks: pd.DataFrame, cfg: ClaimsConfig, xcol: str):
-    import matplotlib.pyplot as plt
-
-    curves = mean_curves(ev, [cfg.gold, "kl-to-base"], cfg.split, xcol)
-    base = base_value(ev, cfg.gold, cfg.split)
-    keys = list(dict.fromkeys(zip(curves["method"], curves["reward"])))
-    colours = _colours(keys)
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for (method, reward), c in curves.groupby(["method", "reward"], sort=False):
-        c = c.sort_values("fraction")
-        style = "s--" if reward == cfg.gold else "o-"
-        ax.plot(np.sqrt(c["kl-to-base"].clip(lower=0)), c[cfg.gold] - base, style, ms=3,
-                color=colours[(method, reward)], label=_label(method, reward, cfg.gold))
-    for _, p in peaks.iterrows():
-        ax.plot(p["peak_sqrt_kl"], p["peak_gain"], "*", ms=11, color=colours[(p["method"], p["reward"])],
-                markeredgecolor="black", markeredgewidth=0.5)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("√(kl-to-base)")
-    ax.set_ylabel(f"{cfg.gold} gain over the base model ({cfg.split} prompts)")
-    ax.set_title("C6: gold against √KL, mean over seeds (★ = each method's peak)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    return fig
+    write_bytes_atomic(out / "claims.md", ("\n".join(text) + "\n").encode())
+    return [out / "claims.md", *written]
 
 
 def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list[Path] = (),
                  sweep: Path | None = None) -> list[Path]:
-    """C1, C4 (when a sweep folder is given) and C6 into `out`; returns the files written."""
+    """The ranking, C1, C4 (when a sweep folder is given) and C6 into `out`; returns the files written."""
+    from bench.analysis import claims_plots as figures
     from bench.analysis.plots import save_fig
+    from bench.results.io import writable_folder
 
+    writable_folder(out)
     if not [*suites, *ceiling]:  # a sweep alone: C4 only
         if sweep is None:
             raise BenchError("give suite folders, a --sweep folder, or both")
-        out.mkdir(parents=True, exist_ok=True)
         text, png = c4_section(sweep, out, cfg)
         return write_text(out, ["# Claims (bench claims)\n", *text], [png])
     notes: list[str] = []
-    ev, xcol = load_suites([*suites, *ceiling], notes)
+    ev, runs, xcol = load_suites([*suites, *ceiling], notes)
     if cfg.gold not in set(ev["metric"]):
         raise BenchError(f"metric '{cfg.gold}' was not evaluated in these suites (--gold)")
-    out.mkdir(parents=True, exist_ok=True)
     proxies = sorted(set(ev["reward"]) - {cfg.gold})
     c1 = [c1_table(ev, cfg.gold, cfg.split, cfg.gold_gain, xcol)]
     c1 += [c1_table(ev[ev["reward"] == p], p, cfg.split, cfg.proxy_gain, xcol) for p in proxies]
     trained = ev[ev["reward"] != cfg.gold]
     gaps = {m: gap_curves(trained, m, cfg.split, xcol) for m in [cfg.gold, *proxies]}
     peaks = frontier_peaks(ev, cfg.gold, cfg.split, xcol)
-    cols = {"method": "method", "reward": "trained on", "threshold": "threshold", "mean": f"mean {xcol}",
-            "ci": "95% CI ±", "reached": "seeds reached", "runs": "runs"}
-    text = [f"# Claims (bench claims)\n\nCompute axis: {xcol}. Split: {cfg.split}. Base model (fraction 0): "
-            f"{cfg.gold} {base_value(ev, cfg.gold, cfg.split):.4g}.\n", *(f"Note: {n}.\n" for n in notes)]
+    base = base_value(ev, cfg.gold, cfg.split)
+    text = [f"# Claims (bench claims)\n\nCompute axis: {figures.unit(xcol)} ({xcol}). Split: {cfg.split}. Base model "
+            f"(fraction 0): {cfg.gold} {base:.4g}.\n", *(f"Note: {n}.\n" for n in notes)]
+    text += ranking_section(runs, ev, cfg, xcol)
     for t in c1:
+        shown = t.assign(range=[f"{a:.4g} – {b:.4g}" if k else "never" for a, b, k in
+                                zip(t["min"], t["max"], t["reached"])])
         text += [f"## C1: compute to first reach {t['metric'].iloc[0]} >= {t['threshold'].iloc[0]:.4g}\n",
-                 markdown(t, cols), ""]
+                 markdown(shown, {"method": "method", "reward": "trained on", "median": f"median {xcol}",
+                                  "range": "seeds' range (measured crossings)", "reached": "seeds reached",
+                                  "runs": "runs"}), ""]
     metrics = [m for m in dict.fromkeys([cfg.gold, *proxies, *sorted(set(ev["metric"]))]) if m in set(ev["metric"])]
     for target in cfg.budgets:
         t = at_compute(ev, metrics, cfg.split, xcol, target)
@@ -386,9 +387,12 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
         text += [f"## C6: train − {cfg.split} gap of {metric} at the end of budget\n",
                  markdown(last, {"method": "method", "reward": "trained on", "x": xcol, "gap": "gap",
                                  "ci": "95% CI ±", "base_gap": "base model's gap", "n": "seeds"}), ""]
-    written = [save_fig(plot_c1(c1, xcol, cfg), out / "c1_compute.png"),
-               save_fig(plot_gap(gaps, xcol), out / "c6_gap.png"),
-               save_fig(plot_frontier(ev, peaks, cfg, xcol), out / "c6_frontier.png")]
+    written = [save_fig(figures.plot_gain(gain_curves(runs, ev, cfg.gold, cfg.split, xcol), cfg.gold, cfg.split,
+                                          xcol), out / "gain_vs_compute.png"),
+               save_fig(figures.plot_c1(c1, xcol, cfg.gold, cfg.split), out / "c1_compute.png"),
+               save_fig(figures.plot_gap(gaps, xcol), out / "c6_gap.png"),
+               save_fig(figures.plot_frontier(mean_curves(ev, [cfg.gold, "kl-to-base"], cfg.split, xcol), peaks,
+                                              cfg.gold, cfg.split, base), out / "c6_frontier.png")]
     if sweep is not None:
         c4_text, png = c4_section(sweep, out, cfg)
         text, written = [*text, *c4_text], [png, *written]
@@ -397,21 +401,24 @@ def write_claims(suites: list[Path], out: Path, cfg: ClaimsConfig, ceiling: list
 
 def c4_section(sweep: Path, out: Path, cfg: ClaimsConfig) -> tuple[list[str], Path]:
     """C4 from a sweep folder's trials.csv: its lines of claims.md, and c4_sensitivity.png (written)."""
+    from bench.analysis.claims_plots import plot_c4
     from bench.analysis.plots import save_fig
+    from bench.results.io import read_json
 
     trials = read_trials(sweep)
-    sens = sensitivity(trials)
-    base = sweep_base(sweep, cfg.gold)
-    text = ["## C4: spread of the selection score over sweep trials\n",
-            f"Base model: {cfg.gold} {base:.4g} on the validation prompts (fraction 0 of the trials' runs).\n",
-            markdown(sens, {"method": "method", "reward": "trained on", "trials": "trials", "finite": "finite",
-                            "min": "min", "median": "median", "max": "max", "spread": "max − min"}), ""]
-    return text, save_fig(plot_c4(sens, trials, cfg.gold, base), out / "c4_sensitivity.png")
-
-
-def write_text(out: Path, text: list[str], written: list[Path]) -> list[Path]:
-    """claims.md from its lines, atomically; returns it first, then the plots already written."""
-    from bench.results.io import write_bytes_atomic
-
-    write_bytes_atomic(out / "claims.md", ("\n".join(text) + "\n").encode())
-    return [out / "claims.md", *written]
+    settings = read_json(Path(sweep) / "sweep.json") if (Path(sweep) / "sweep.json").exists() else {}
+    metric = next(iter((settings.get("select") or {}).values()), cfg.gold)
+    curves = c4_curves(trials)
+    base = sweep_base(sweep, metric)
+    if curves.empty:
+        return ["## C4: no trial with a learning rate in trials.csv\n"], save_fig(plot_c4(curves, metric, base),
+                                                                                out / "c4_sensitivity.png")
+    spread = curves.groupby("method", sort=False)["score"].agg(["count", "min", "median", "max"]).reset_index()
+    best_lr = curves.loc[curves.groupby("method", sort=False)["score"].idxmax(), ["method", "lr"]]
+    spread = spread.merge(best_lr.rename(columns={"lr": "best lr"}), on="method")
+    text = ["## C4: sensitivity to the learning rate and each method's own knobs\n",
+            f"Selection score: {metric} on the validation prompts; base model {base:.4g}. Every method was tried on "
+            f"the same learning rates (c4_sensitivity.png: a curve per setting of its own knobs).\n",
+            markdown(spread, {"method": "method", "count": "trials", "min": "min", "median": "median",
+                              "max": "max", "best lr": "best learning rate"}), ""]
+    return text, save_fig(plot_c4(curves, metric, base), out / "c4_sensitivity.png")

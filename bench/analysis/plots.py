@@ -24,47 +24,99 @@ from PIL import Image  # noqa: E402
 from bench.analysis.table import GROUP, KL, mean_ci, ylabel
 from bench.results.io import write_bytes_atomic
 
-XLABEL = {"nfe": "compute (denoiser evaluations per sample, NFE)", "seconds": "compute (device seconds)",
-          "flops": "compute (training FLOPs)"}
-XUNIT = {"nfe": "nfe", "seconds": "s", "flops": "FLOPs"}
+XLABEL = {"nfe": "compute (NFE-equivalents: denoiser evaluations, a backward counted as 2)",
+          "seconds": "compute (device seconds)", "flops": "compute (training FLOPs)"}
+XUNIT = {"nfe": "NFE", "seconds": "s", "flops": "FLOPs"}
 SPLIT_TEXT = {"test": "test", "heldout": "held-out", "validation": "validation", "train": "train"}
 
 
 class Style:
-    """One colour per method (the same in every figure), one line style per training reward."""
+    """Every method's look (bench/analysis/style.py: its family's hue and line style, a shade of its own; the same
+    in every figure), and a marker per training reward when a suite trained on several."""
 
     def __init__(self, runs: pd.DataFrame):
-        self.colour = {m: f"C{i % 10}" for i, m in enumerate(sorted(runs["method"].unique()))}
+        from bench.analysis.style import looks
+
+        self.look = looks(sorted(runs["method"].unique()))
+        self.colour = {m: look.colour for m, look in self.look.items()}
         rewards = sorted(runs["reward"].unique())
-        self.dash = {r: ["-", "--", ":", "-."][i % 4] for i, r in enumerate(rewards)}
+        self.marker = {r: ["o", "s", "^", "D", "v"][i % 5] for i, r in enumerate(rewards)}
         self.several_rewards = len(rewards) > 1
         self.incomplete = set(runs.loc[~runs["complete"], GROUP].itertuples(index=False, name=None))
 
     def __call__(self, method: str, reward: str) -> dict[str, str]:
         label = f"{method} ({reward})" if self.several_rewards else method
         label += " [incomplete]" if (method, reward) in self.incomplete else ""
-        return {"color": self.colour[method], "linestyle": self.dash[reward], "label": label}
+        return {"color": self.colour[method], "linestyle": self.look[method].linestyle,
+                "marker": self.marker[reward] if self.several_rewards else self.look[method].marker, "label": label}
 
 
-def curves(ev: pd.DataFrame, split: str, metric: str, xcol: str) -> dict[tuple[str, str], pd.DataFrame]:
-    """Per (method, reward): at each fraction the mean compute, mean value and CI half-width over seeds."""
+def curves(ev: pd.DataFrame, split: str, metric: str, xcol: str,
+           runs: pd.DataFrame | None = None) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per (method, reward): at each fraction the mean compute, mean value and the half-width of its 95% interval
+    — over seeds, prompts and images from the runs' per-image scores when `runs` (with their folders) is given and
+    they have them (bench/analysis/stats.py), else over seeds (Student t; none with one seed)."""
+    from bench.analysis.stats import estimate
+    from bench.results.scores import read_scores
+
     sub = ev[(ev["split"] == split) & (ev["metric"] == metric)]
+    per_image: dict[str, dict[float, np.ndarray]] = {}
+    if runs is not None:
+        for r in runs.itertuples():
+            per_image[r.run_id] = {round(f, 4): e["scores"][split][metric] for e in read_scores(r.dir)
+                                   if metric in e["scores"].get(split, {}) for f in e["fractions"]}
     out = {}
     for key, g in sub.groupby(GROUP):
-        rows = [{"fraction": f, "x": gf[xcol].mean(), **dict(zip(("mean", "ci", "n"), mean_ci(gf["value"])))}
-                for f, gf in g.groupby("fraction")]
+        rows = []
+        for f, gf in g.groupby("fraction"):
+            arrays = [per_image.get(run_id, {}).get(round(f, 4)) for run_id in gf["run_id"]]
+            mean, ci, n = mean_ci(gf["value"])
+            if arrays and all(a is not None for a in arrays):
+                ci = estimate(np.stack(arrays)).half_width
+            rows.append({"fraction": f, "x": gf[xcol].mean(), "mean": mean, "ci": ci, "n": n})
         out[key] = pd.DataFrame(rows)
     return out
 
 
-def plot_metric(ev, metric: str, xcol: str, split: str, style: Style, hib: dict[str, bool]) -> plt.Figure:
+def robust_limits(values: np.ndarray) -> tuple[float, float] | None:
+    """y limits that follow the middle of the data: when a few points (a collapsed method) lie more than 3 times
+    the interquartile range beyond the quartiles, the axis stops there and they are drawn at its edge."""
+    v = values[np.isfinite(values)]
+    if len(v) < 8:
+        return None
+    q1, q3 = np.percentile(v, [25, 75])
+    lo, hi = q1 - 3 * (q3 - q1), q3 + 3 * (q3 - q1)
+    if q3 == q1 or (v.min() >= lo and v.max() <= hi):
+        return None
+    pad = 0.05 * (min(hi, v.max()) - max(lo, v.min()))
+    return max(lo, v.min()) - pad, min(hi, v.max()) + pad
+
+
+def plot_metric(ev, metric: str, xcol: str, split: str, style: Style, hib: dict[str, bool],
+                runs: pd.DataFrame | None = None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    for (method, reward), c in curves(ev, split, metric, xcol).items():
+    data = curves(ev, split, metric, xcol, runs)
+    limits = robust_limits(np.concatenate([c["mean"].to_numpy() for c in data.values()] or [np.array([])]))
+    banded = False
+    for (method, reward), c in data.items():
         s = style(method, reward)
-        ax.plot(c["x"], c["mean"], marker="o", **s)
-        ax.fill_between(c["x"], c["mean"] - c["ci"], c["mean"] + c["ci"], color=s["color"], alpha=0.18, lw=0)
+        y = c["mean"] if limits is None else c["mean"].clip(*limits)
+        ax.plot(c["x"], y, **s)
+        if c["ci"].notna().any():
+            banded = True
+            low, high = c["mean"] - c["ci"], c["mean"] + c["ci"]
+            if limits is not None:
+                low, high = low.clip(*limits), high.clip(*limits)
+            ax.fill_between(c["x"], low, high, color=s["color"], alpha=0.18, lw=0)
+        if limits is not None:
+            out = c[(c["mean"] < limits[0]) | (c["mean"] > limits[1])]
+            ax.plot(out["x"], out["mean"].clip(*limits), "v", color=s["color"], mec="black", mew=0.4, ms=6)
+    band = "95% interval band" if banded else "no band: one seed of a set metric has no interval"
+    clipped = "; ▼ beyond the axis" if limits is not None else ""
     ax.set(xlabel=XLABEL[xcol], ylabel=ylabel(metric, hib),
-           title=f"{metric} on {SPLIT_TEXT.get(split, split)} prompts (95% CI band)")
+           title=f"{metric} on {SPLIT_TEXT.get(split, split)} prompts ({band}{clipped})")
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small")
@@ -239,8 +291,9 @@ def sample_grid(run: pd.Series, ev: pd.DataFrame, xcol: str, notes: list[str]) -
     except OSError as e:
         notes.append(f"sample grids of `runs/{run['run_id']}` unreadable: {e}")
         return None
-    height = 4 * max(im.shape[0] / im.shape[1] for im in images.values()) + 0.9
+    height = 4 * max(im.shape[0] / im.shape[1] for im in images.values()) + 1.3
     fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), height), layout="constrained", squeeze=False)
+    fig.supxlabel(grid_prompts(run["dir"]), fontsize=7)
     for ax, (f, label) in zip(axes[0], sorted(picks.items())):
         spent = mine.loc[np.isclose(mine["fraction"], f, atol=0.005), xcol].mean()
         ax.imshow(images[f])
@@ -248,6 +301,31 @@ def sample_grid(run: pd.Series, ev: pd.DataFrame, xcol: str, notes: list[str]) -
         ax.axis("off")
     fig.suptitle(f"{run['method']} trained on {run['reward']}, seed {run['seed']}")
     return fig
+
+
+def grid_prompts(run_dir: Path) -> str:
+    """Which prompt each image of a run's sample grid shows (the reported split's first images, in order)."""
+    from bench.results.io import read_json
+
+    from bench.results.scores import read_scores
+
+    try:
+        cfg = read_json(Path(run_dir) / "config.json")
+        split = (cfg.get("eval") or {}).get("splits", ["test"])[-1]
+        evaluated = [e["prompts"][split] for e in read_scores(run_dir)[-1:] if split in e["prompts"]]
+        prompts = evaluated[0] if evaluated else (cfg.get("prompts") or {}).get(split) or []
+        per = int((cfg.get("eval_images_per_prompt") or {}).get(split, 1))
+        shown = int((cfg.get("eval") or {}).get("grid_images", 16))
+    except Exception:  # noqa: BLE001 - a caption is not worth failing a report for
+        return ""
+    parts, start = [], 1
+    for p in prompts:
+        if start > shown:
+            break
+        end = min(start + per - 1, shown)
+        parts.append(f"{start}-{end}: \"{p}\"" if end > start else f"{start}: \"{p}\"")
+        start = end + 1
+    return "images (row by row) " + "; ".join(parts) if parts else ""
 
 
 def _read_image(path: Path) -> np.ndarray:

@@ -54,7 +54,8 @@ from bench.analysis.plots import (
     sample_grid,
     save_fig,
 )
-from bench.analysis.table import GROUP, KL, build_table, display_table, latex_table, markdown_table
+from bench.analysis.ranking import final_scores
+from bench.analysis.table import GROUP, KL, build_table, display_table, latex_table, markdown_table, pm
 from bench.core.errors import BenchError
 from bench.core.objective import parse, trained_metrics
 from bench.registry.catalog import MODEL_DEFAULTS
@@ -65,8 +66,9 @@ EVAL_NEEDED, EVAL_OPTIONAL = list(schema.EVAL_REQUIRED), list(schema.EVAL_OPTION
 SPLIT_MEANING = {"test": "test prompts, used for neither training nor selection",
                  "heldout": "held-out prompts of a protocol-1 folder, which has no test split",
                  "validation": "validation prompts, which selection also used (a sweep trial): optimistic"}
-LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: mean over seeds ± the half-width of a 95% confidence "
-          "interval (Student t, n-1 degrees of freedom); with one seed only the mean is shown. Metric values are "
+LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: the mean over seeds, prompts and images ± the half-width "
+          "of its 95% interval over every source of noise the runs kept — seeds, prompts and images for per-image "
+          "metrics, seeds for set metrics (table.csv's `<metric>_ci_over`; docs/protocol.md §6). Metric values are "
           "on the reported split, **{split}** ({meaning}), at each run's last evaluation point. "
           "**peak**: the best value of the selection metric ({select}) over each run's evaluation points, base "
           "model included, and the {kl} where it occurred, mean over seeds: chosen on the reported split itself, "
@@ -74,8 +76,50 @@ LEGEND = ("↑ higher is better, ↓ lower is better. `a ± b`: mean over seeds 
           "row's seeds, got worse from the base model to the last evaluation point while the training reward "
           "improved by any amount (Gao et al. 2022), by more than 1.96·√(se₀² + se₁²), or, for a metric "
           "without a standard error (set metrics such as diversity, or clean-FID), by more than {rel:.0%} of its base value. "
-          "**Bold** is the best mean of its column among the rows not flagged hacked: a hacked row is never bold. "
+          "**Bold** marks a row significantly better than every other row not flagged hacked (paired comparisons, "
+          "Holm-corrected: comparisons.md); when the best cannot be told apart from the runner-up nothing is bold — "
+          "a tie. A hacked row is never bold. The first row is the base model (fraction 0). "
           "Compute is the mean over seeds of the final training compute.")
+
+
+def compare_rows(finals: dict, table: pd.DataFrame, metrics: list[str],
+                 hib: dict[str, bool]) -> tuple[str, dict[str, str | None]]:
+    """comparisons.md (every pair of rows per metric, paired and Holm-corrected over the metric's pairs: wins,
+    ties, losses and the minimum detectable difference) and, per metric, the row that is not flagged hacked and is
+    significantly better than every other such row (the one to bold), or None: a tie."""
+    from bench.analysis.ranking import detectable, paired, ranking
+
+    rows = {f"{m}@{r}": bool(h) for m, r, h in zip(table["method"], table["reward"], table["hacked"])
+            if m != "base model"}
+    lines, significant = ["# Pairwise comparisons (bench report)\n",
+                          "Every pair of rows, per metric, on the reported split at each run's last evaluation: "
+                          "paired (the same prompts, images and seeds), Holm-corrected over the metric's pairs; a "
+                          "difference with corrected p < 0.05 is a win, anything else a tie. Bold in the table: the "
+                          "row not flagged hacked that wins against every other such row.\n"], {}
+    for m in metrics:
+        per, over = finals.get(m, ({}, "seeds"))
+        scores = paired({k: v for k, v in per.items() if k in rows})
+        significant[m] = None
+        if len(scores) < 2:
+            lines.append(f"## {m}\n\nNo comparison: fewer than two rows with scores on common seeds.\n")
+            continue
+        higher = hib.get(m, True)
+        ranked, comps = ranking(scores, higher)
+        clean = [k for k in ranked["system"] if not rows[k]]  # best first
+        if clean:
+            top = clean[0]
+            beats = {c.b if c.a == top else c.a for c in comps if top in (c.a, c.b) and c.significant
+                     and ((c.diff if c.a == top else -c.diff) > 0) == higher}
+            significant[m] = top if set(clean[1:]) <= beats else None
+        lines += [f"## {m} ({'↑' if higher else '↓'}; over {over}; {ranked['seeds'].min()} common seeds)\n",
+                  f"Minimum detectable difference: {detectable(comps):.4g}. Significantly best of the rows not "
+                  f"flagged hacked: {significant[m] or 'none (a tie)'}.\n",
+                  "| system | mean ± 95% CI | hacked | wins | ties | losses | significantly better than |",
+                  "|---|---|---|---|---|---|---|",
+                  *(f"| {r['system']} | {pm(r['mean'], r['ci'])} | {'yes' if rows[r['system']] else ''} | "
+                    f"{r['wins']} | {r['ties']} | {r['losses']} | {r['better than'] or '—'} |"
+                    for r in ranked.to_dict("records")), ""]
+    return "\n".join(lines) + "\n", significant
 
 
 def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
@@ -92,10 +136,13 @@ def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
     hib = higher_is_better(ev)
     xcol = x_column(runs, ev)
     select = selection_metrics(runs, ev, manifest)
-    table = build_table(runs, ev, metrics, split, select)
-    header, cells, best = display_table(table, metrics, hib)
+    finals = {m: final_scores(runs, ev, m, split) for m in metrics}
+    table = build_table(runs, ev, metrics, split, select, finals)
+    comparisons, significant = compare_rows(finals, table, metrics, hib)
+    header, cells, best = display_table(table, metrics, hib, significant)
 
     written = [_write_text(out_dir / "table.csv", table.to_csv(index=False)),
+               _write_text(out_dir / "comparisons.md", comparisons),
                _write_text(out_dir / "table.md", markdown_table(header, cells, best)),
                _write_text(out_dir / "table.tex", latex_table(header, cells, best))]
     style = Style(runs)
@@ -120,7 +167,7 @@ def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
         else:
             notes.append(f"pareto_{_safe(reward)}.png skipped: {' or '.join(t for t in terms if t not in shown)} "
                          f"not evaluated on the {split} split")
-    plots = [save_fig(plot_metric(ev, m, xcol, split, style, hib), out_dir / f"metric_{_safe(m)}.png")
+    plots = [save_fig(plot_metric(ev, m, xcol, split, style, hib, runs), out_dir / f"metric_{_safe(m)}.png")
              for m in metrics]
     plots.append(save_fig(plot_overfitting(ev, runs, xcol, split, style, hib), out_dir / "overfitting.png"))
     if has_kl:
@@ -292,7 +339,8 @@ def index_markdown(suite_dir: Path, manifest: schema.Manifest, runs: pd.DataFram
 
 
 def protocol_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
-    """The protocol version, and for protocol 1 a warning that the folder predates the fair protocol."""
+    """The protocol version, for protocol 1 a warning that the folder predates the fair protocol, and for protocol 2
+    a note that its counts and KLs are measured otherwise than protocol 3's."""
     version = protocol(manifest, runs)
     lines = [f"- **protocol**: {version}"]
     if version < 2:
@@ -302,6 +350,10 @@ def protocol_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
         lines = [f"> **Warning: protocol {version}.** This folder was made before the fair protocol: evaluation "
                  f"on {first} of each split, no validation split, denoiser-only compute. It is kept for "
                  f"reference only.", "", *lines]
+    elif version == 2:
+        lines = ["> **Note: protocol 2.** Its count budgets also charged the sampler's checkpoint recomputation, and "
+                 "its kl-to-base left out the final sampling step: compare its compute and KL columns only with "
+                 "protocol-2 folders (docs/protocol.md).", "", *lines]
     return lines
 
 

@@ -1,10 +1,13 @@
 """The report's table (``table.csv``, ``table.md``, ``table.tex``) from a loaded suite (see bench.analysis.report).
 
-One row per (method, training reward) over seeds. Per metric: the reported split's value at each run's last
-evaluation point, mean ± 95% CI over seeds (Student t, n-1 dof). Then, judged per run by bench.analysis.judge: the peak
-of the selection metric over the run's evaluation points and the kl-to-base where it peaked (mean ± CI over
-seeds), and the metrics hacked in a majority of seeds. A row flagged hacked is never bold: "best" is only
-claimed by a row that did not buy its training reward with another metric.
+One row per (method, training reward) over seeds, after a first row for the base model. Per metric: the reported
+split's value at each run's last evaluation point, mean ± the half-width of its 95% interval over every source of
+noise the runs kept (seeds, prompts and images from the per-image scores, bench/analysis/stats.py; seeds alone for
+set metrics and older folders: `<metric>_ci_over` says which). Then, judged per run by bench.analysis.judge: the
+peak of the selection metric over the run's evaluation points and the kl-to-base where it peaked (mean ± CI over
+seeds), and the metrics hacked in a majority of seeds. Bold marks a row significantly better than every other
+row not flagged hacked (paired, Holm-corrected: bench/analysis/ranking.py); otherwise the best is a tie and
+nothing is bold. A hacked row is never bold.
 """
 
 from __future__ import annotations
@@ -58,12 +61,24 @@ def majority_hacked(hacked: pd.Series) -> list[str]:
 
 
 def build_table(runs: pd.DataFrame, ev: pd.DataFrame, metrics: list[str], split: str,
-                select: dict[str, str | None]) -> pd.DataFrame:
-    """The machine-readable table (table.csv): numeric mean, CI and n columns per metric and for the peak."""
+                select: dict[str, str | None], finals: dict | None = None) -> pd.DataFrame:
+    """The machine-readable table (table.csv): numeric mean, CI and n columns per metric and for the peak.
+    `finals`: {metric: ({system: {seed: (prompts, images) scores}}, what they vary over)} (ranking.final_scores):
+    a metric found there gets its interval from them."""
+    from bench.analysis.ranking import system
+    from bench.analysis.stats import estimate
+
+    finals = finals or {}
     held = ev[ev["split"] == split]
     final = held.loc[held.groupby(["run_id", "metric"])["fraction"].idxmax()]
     judged = runs[["run_id", *GROUP, "seed"]].merge(judge_runs(runs, ev, split, select), on="run_id")
-    rows = []
+    base = held[held["fraction"] == 0].groupby("metric")["value"].mean()
+    rows = [{"method": "base model", "reward": "–", "beta": "", "budget": "", "seeds": 0, "status": "fraction 0",
+             **{f"{m}_mean": base.get(m, math.nan) for m in metrics}, **{f"{m}_ci95": math.nan for m in metrics},
+             **{f"{m}_n": 0 for m in metrics}, "select": "", "peak_mean": math.nan, "peak_ci95": math.nan,
+             "peak_n": 0, "peak_fraction_mean": math.nan, "peak_kl_mean": math.nan, "peak_kl_ci95": math.nan,
+             "hacked": "", "hacked_seeds": "", "compute_nfe_mean": 0.0, "compute_seconds_mean": 0.0,
+             "compute_flops_mean": 0.0}]
     for (method, reward), g in runs.groupby(GROUP):
         done = int(g["complete"].sum())
         row = {"method": method, "reward": reward, "beta": _join(g["beta"]), "budget": _join(g["budget"]),
@@ -71,7 +86,17 @@ def build_table(runs: pd.DataFrame, ev: pd.DataFrame, metrics: list[str], split:
                "status": "complete" if done == len(g) else f"incomplete ({len(g) - done}/{len(g)} unfinished)"}
         mine = final[(final["method"] == method) & (final["reward"] == reward)]
         for m in metrics:
-            row[f"{m}_mean"], row[f"{m}_ci95"], row[f"{m}_n"] = mean_ci(mine.loc[mine["metric"] == m, "value"])
+            per, over = finals.get(m, ({}, "seeds"))
+            seeds = per.get(system(method, reward), {})
+            if seeds:
+                e = estimate(np.stack([seeds[s] for s in sorted(seeds)]))
+                varies = any(n > 1 for n in e.counts.values())  # one seed of a set metric: nothing to vary
+                row[f"{m}_mean"], row[f"{m}_ci95"], row[f"{m}_n"] = e.mean, e.half_width if varies else math.nan, \
+                    len(seeds)
+                row[f"{m}_ci_over"] = over if len(seeds) > 1 else over.replace("seeds, ", "")
+            else:
+                row[f"{m}_mean"], row[f"{m}_ci95"], row[f"{m}_n"] = mean_ci(mine.loc[mine["metric"] == m, "value"])
+                row[f"{m}_ci_over"] = "seeds (Student t)"
         j = judged[(judged["method"] == method) & (judged["reward"] == reward)]
         row["select"] = select.get(reward) or ""
         row["peak_mean"], row["peak_ci95"], row["peak_n"] = mean_ci(j["peak_value"])
@@ -85,9 +110,12 @@ def build_table(runs: pd.DataFrame, ev: pd.DataFrame, metrics: list[str], split:
     return pd.DataFrame(rows)
 
 
-def display_table(table: pd.DataFrame, metrics: list[str], hib: dict[str, bool]):
+def display_table(table: pd.DataFrame, metrics: list[str], hib: dict[str, bool],
+                  significant: dict[str, str | None] | None = None):
     """(header, cells, best): text cells shared by Markdown and LaTeX; best holds (row, column) to bold.
-    Best is the best mean of its column among the rows not flagged hacked (a hacked row is never bold)."""
+    `significant` {metric: the system "method@reward" significantly better than every other unhacked row, or None}
+    decides the bold of a metric column (None: a tie, nothing bold); without it (no comparisons made), the best
+    mean of its column among the rows not flagged hacked. A hacked row and the base-model row are never bold."""
     selects = [s for s in dict.fromkeys(table["select"]) if s]
     one = selects[0] if len(selects) == 1 else None
     peak_head = f"peak {ylabel(one, hib)}" if one else "peak of the selection metric"
@@ -101,12 +129,17 @@ def display_table(table: pd.DataFrame, metrics: list[str], hib: dict[str, bool])
                      + [peak if one or not r["select"] else f"{peak} ({r['select']})",
                         pm(r["peak_kl_mean"], r["peak_kl_ci95"]), ", ".join(r["hacked"].split(";")) or "—",
                         compute_text(r["compute_nfe_mean"], r["compute_seconds_mean"], r["compute_flops_mean"])])
-    clean = (table["hacked"] == "").to_numpy()
+    clean = ((table["hacked"] == "") & (table["method"] != "base model")).to_numpy()
     columns = [(FIRST_METRIC_COLUMN + j, f"{m}_mean", hib.get(m, True)) for j, m in enumerate(metrics)]
     if one:  # one selection metric for every row: its peaks compare across rows
         columns.append((FIRST_METRIC_COLUMN + len(metrics), "peak_mean", hib.get(one, True)))
     best = set()
+    keys = [f"{m}@{r}" for m, r in zip(table["method"], table["reward"])]
     for col, key, higher in columns:
+        metric = key[:-len("_mean")]
+        if significant is not None:  # bold only a row significantly better than every other (the peak: never)
+            best |= {(i, col) for i, k in enumerate(keys) if k == significant.get(metric) and clean[i]}
+            continue
         means = table[key].where(clean)
         if means.notna().any():
             target = means.max() if higher else means.min()

@@ -73,3 +73,14 @@ def executor_config(kind: str, cpus_per_run, gpus_per_run, ray_address, ray_work
                          ray_address=ray_address, ray_workers=ray_workers, **slurm)
     check(cfg)
     return cfg
+
+
+THREADS = typer.Option(None, "--threads", help="CPU threads of torch in this process (default: the cores it may "
+                       "use — affinity, cgroup quota, OMP_NUM_THREADS — shared among data-parallel processes).")
+
+
+def set_threads(threads: int | None) -> int:
+    """torch's CPU threads for this command (bench/core/threads.py)."""
+    from bench.core.threads import configure
+
+    return configure(threads)

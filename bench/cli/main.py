@@ -18,14 +18,45 @@ from bench.cli import run, report, trained, tools  # noqa: E402, F401
 __all__ = ["app", "main"]
 
 
+def usage_errors() -> tuple[type, ...]:
+    """The exception classes of command-line usage errors: typer's (newer typers carry their own click) and
+    click's (older typers use it)."""
+    import typer
+
+    kinds: tuple[type, ...] = (typer.TyperException,)
+    try:
+        import click
+
+        kinds += (click.ClickException,)
+    except ImportError:
+        pass
+    return kinds
+
+
 def main() -> None:
+    import typer
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # only `bench fetch` may touch the network
     try:
-        app()
+        # standalone_mode=False: usage errors (a missing option, a value of the wrong type, an unknown command or
+        # option) reach us as exceptions instead of a multi-line usage box, and are printed in one line too
+        result = app(standalone_mode=False)
+        if isinstance(result, int) and result:  # `bench` alone prints the help and returns an exit code
+            sys.exit(result)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except usage_errors() as e:
+        names, ctx = [], getattr(e, "ctx", None)
+        while ctx is not None and ctx.parent is not None:  # the subcommands' names, not the program's
+            names.insert(0, ctx.info_name)
+            ctx = ctx.parent
+        command = " ".join(["bench", *names])
+        print(f"error: {' '.join(e.format_message().split())} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted: completed runs are kept; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
 

@@ -18,9 +18,11 @@ from bench.cli.common import (
     GPUS_PER_RUN,
     RAY_ADDRESS,
     RAY_WORKERS,
+    THREADS,
     app,
     executor_config,
     parse_seeds,
+    set_threads,
     split_list,
 )
 from bench.core.errors import BenchError
@@ -57,6 +59,7 @@ def run(
     executor: str = EXECUTOR, cpus_per_run: Optional[float] = CPUS_PER_RUN,
     gpus_per_run: Optional[float] = GPUS_PER_RUN, ray_address: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
+    threads: Optional[int] = THREADS,
     slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM: partition of the jobs."),
     slurm_gpus: Optional[int] = typer.Option(None, "--slurm-gpus", help="SLURM: GPUs per job (default 1; 0 with "
                                                                         "--device cpu)."),
@@ -68,6 +71,7 @@ def run(
 ) -> None:
     """Train every method x reward x seed under the same budget, evaluating as it goes."""
     argv = ["bench", *sys.argv[1:]]
+    set_threads(threads)
     from bench.run.trackers import parse_log_with
 
     trackers = parse_log_with(log_with)  # an unknown or uninstalled tracker is reported before anything runs
@@ -128,12 +132,19 @@ def suite_from_options(opts) -> tuple:
 @app.command()
 def sweep(
     methods: str = typer.Option(DEFAULT_METHODS, help="Comma-separated method names to tune (`bench ls`)."),
-    trials: int = typer.Option(8, help="Completed trials per method and reward: the same tuning budget for all."),
+    trials: Optional[int] = typer.Option(None, help="tpe / grid / random: completed trials per method and reward "
+                                                    "(default 8). The protocol's design sets its own count."),
     budget: str = typer.Option(DEFAULT_BUDGET, help="Training compute per trial run, as for `bench run`."),
+    budgets: str = typer.Option("", help="Comma-separated reported budgets, each selected at from the same trials, "
+                                         "which run to the largest (e.g. 15000nfe,45000nfe; default: --budget)."),
+    lr_points: int = typer.Option(5, "--lr-points", help="protocol: points of the learning-rate grid shared by "
+                                                         "every method (5: half-decades from 1e-4 to 1e-2)."),
     out: Path = typer.Option(Path("results/sweep"), help="Sweep folder; an existing one is resumed."),
     model: str = typer.Option(DEFAULT_MODEL, help="Base model (`bench ls`)."),
     rewards: str = typer.Option("", help="Comma-separated training rewards (default: the model's own)."),
-    sampler: str = typer.Option("tpe", help="Optuna sampler: tpe, grid or random (seeded per method and reward)."),
+    sampler: str = typer.Option("protocol", help="protocol (the same learning-rate grid for every method crossed "
+                                                 "with its own knobs, edges widened: docs/protocol.md §4), or an "
+                                                 "Optuna sampler: tpe, grid or random (seeded per study)."),
     sweep_seeds: str = typer.Option("100,101", help="Seeds of every trial (keep them apart from the reported "
                                                     "seeds 0,1,2: `bench run --from-sweep` refuses overlaps)."),
     set_: list[str] = typer.Option([], "--set", help="Config overrides for every trial, as for `bench run`; a "
@@ -145,16 +156,19 @@ def sweep(
     executor: str = EXECUTOR, cpus_per_run: Optional[float] = CPUS_PER_RUN,
     gpus_per_run: Optional[float] = GPUS_PER_RUN, ray_address: Optional[str] = RAY_ADDRESS,
     ray_workers: Optional[int] = RAY_WORKERS,
+    threads: Optional[int] = THREADS,
 ) -> None:
     """Tune every method with the same number of trials on validation prompts and sweep seeds; select by a
     declared rule (selected.json) and report how sensitive each method is to its knobs (sensitivity.md).
     `--executor ray` runs the studies (one per method and reward) side by side, with the same results."""
+    from bench.core.compute import Budget
     from bench.registry.catalog import MODEL_DEFAULTS
     from bench.registry.lookup import find, resolve_names
     from bench.sweep.driver import run_sweep
     from bench.sweep.protocol import SweepSettings, selection_metric
 
     runner = executor_config(executor, cpus_per_run, gpus_per_run, ray_address, ray_workers)
+    set_threads(threads)
     if runner.kind == "slurm":
         raise BenchError("bench sweep --executor: serial or ray (a study's trials follow one another; run the "
                          "sweep's driver inside one SLURM allocation with a Ray cluster instead)")
@@ -162,11 +176,17 @@ def sweep(
     reward_list = resolve_names("reward", split_list(rewards or MODEL_DEFAULTS.get(model, {}).get("reward", "")))
     if not reward_list:
         raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
+    reported = split_list(budgets)
+    for b in [budget, *reported]:
+        Budget.parse(b)  # a malformed budget fails here, in one line
+    if reported:
+        budget = max(reported, key=lambda b: Budget.parse(b).amount)  # the trials run to the largest
     settings = SweepSettings(methods=resolve_names("method", split_list(methods)), rewards=reward_list, model=model,
-                             budget=budget, trials=trials,
+                             budget=budget, trials=trials if trials is not None else (0 if sampler == "protocol"
+                                                                                      else 8),
                              sampler=sampler, sweep_seeds=parse_seeds(sweep_seeds),
                              select={r: select or selection_metric(model, r) for r in reward_list},
-                             sets=list(set_), device=device)
+                             sets=list(set_), device=device, budgets=reported, lr_points=lr_points)
     table = run_sweep(settings, out, argv=["bench", *sys.argv[1:]], show_progress=progress, executor=runner)
     print(table)
     print(f"selected configurations in {out / 'selected.json'}; next: bench run --from-sweep {out} --seeds 0,1,2")

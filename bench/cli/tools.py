@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from bench.cli.common import app, split_list
+from bench.cli.common import THREADS, app, set_threads, split_list
+from bench.core.errors import BenchError
 
 
 @app.command("ls")
@@ -49,12 +50,46 @@ def perf(
     out: Path = typer.Option(Path("results/perf.json"), help="JSON output."),
     memory_steps: str = typer.Option("1,2,4,8", help="Sampling steps for ROCM's peak-memory sweep ('' to skip)."),
     device: str = typer.Option("auto", help="cpu, cuda, or auto."),
+    threads: Optional[int] = THREADS,
+    reward: str = typer.Option("brightness", help="Training reward of every timed step (a real-size one with random "
+                                                  "weights, e.g. pickscore-random, charges its forward and backward)."),
 ) -> None:
-    """Time each method's training step against the bare denoiser compute it contains; peak memory."""
+    """Time each method's training step against the bare model compute it contains (and the model FLOP
+    utilisation both reach); peak memory of a step. The JSON is rewritten as each result comes in."""
     from bench.perf.command import run_perf
 
-    run_perf(model=model, methods=split_list(methods), repeats=repeats, sets=set_, out=out,
-             memory_steps=[int(s) for s in split_list(memory_steps)], device=device)
+    set_threads(threads)
+    try:
+        steps = [int(s) for s in split_list(memory_steps)]
+    except ValueError:
+        raise BenchError(f"bad --memory-steps '{memory_steps}': expected comma-separated integers, e.g. 1,2,4,8") \
+            from None
+    run_perf(model=model, methods=split_list(methods), repeats=repeats, sets=set_, out=out, memory_steps=steps,
+             device=device, reward=reward)
+
+
+@app.command("gpu-check")
+def gpu_check(
+    out: Path = typer.Option(Path("results/gpu-check"), help="Folder for gpu_check.json, gpu_check.md, perf.json "
+                                                             "and the time-budget suite."),
+    device: str = typer.Option("cuda", help="cuda, cuda:N (or cpu, at a small --set model.resolution, to try it)."),
+    model: str = typer.Option("sd15-lcm-random", help="Model (real size, random weights: nothing is downloaded)."),
+    reward: str = typer.Option("brightness", help="Training reward; a real-size random one (`bench ls`) makes the "
+                                                  "reward's cost visible."),
+    methods: str = typer.Option("", help="Methods to time (default: every registered one)."),
+    set_: list[str] = typer.Option(["model.dtype=bfloat16"], "--set", help="Config overrides, as for `bench run`."),
+    minutes: float = typer.Option(8.0, help="Time for all stages together; a stage past its share stops early."),
+    repeats: int = typer.Option(2, help="Interleaved step / bare pairs per method."),
+    budget: str = typer.Option("20s", help="Time budget of each run of the 2-method suite."),
+) -> None:
+    """The GPU tier in one command: every method timed at real size (step vs bare compute, MFU, peak memory),
+    ROCM's memory over 1/2/4/8 steps, and a 2-method time-budget suite end to end; one JSON and one table."""
+    from bench.perf.gpu_check import gpu_check as run_check
+
+    if minutes <= 0:
+        raise BenchError(f"--minutes must be > 0, got {minutes}")
+    run_check(out, device=device, model=model, reward=reward, methods=split_list(methods) or None, sets=list(set_),
+              minutes=minutes, repeats=repeats, suite_budget=budget)
 
 
 @app.command()

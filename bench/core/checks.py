@@ -3,28 +3,40 @@
 Every config field of the suite and of every method is checked before the first run starts
 (bench/run/config.py `validate`, which calls each method config's `validate`): a bad `--set` never costs the
 budget of the runs before it. `subject` names what is checked as the user would address it, e.g.
-"ddpo: train_batch_size" or "eval.points"; NaN fails every numeric rule.
+"ddpo: train_batch_size" or "eval.points"; NaN and ±inf fail every numeric rule (no setting means "unbounded"
+by an infinite value: a rule that wants "off" takes 0 and says so).
 """
 
 from __future__ import annotations
 
+import math
+
 from bench.core.errors import BenchError, unknown_name
 
 
+def finite(subject: str, value: float) -> None:
+    """value is a finite number (not NaN, not ±inf)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise BenchError(f"{subject} must be a finite number, got {value}")
+
+
 def at_least(subject: str, value: float, low: float) -> None:
-    """value >= low (e.g. a count that may be 0, or a weight that may not be negative)."""
+    """value >= low (e.g. a count that may be 0, or a weight that may not be negative), and finite."""
+    finite(subject, value)
     if not value >= low:
         raise BenchError(f"{subject} must be >= {low}, got {value}")
 
 
 def positive(subject: str, value: float) -> None:
-    """value > 0 (a learning rate, a scale, a size that cannot be 0)."""
+    """value > 0 (a learning rate, a scale, a size that cannot be 0), and finite."""
+    finite(subject, value)
     if not value > 0:
         raise BenchError(f"{subject} must be > 0, got {value}")
 
 
 def in_range(subject: str, value: float, low: float, high: float, open_low: bool = False) -> None:
     """low <= value <= high, or low < value <= high with `open_low` (a fraction in (0, 1])."""
+    finite(subject, value)
     if not ((value > low if open_low else value >= low) and value <= high):
         raise BenchError(f"{subject} must be in {'(' if open_low else '['}{low}, {high}], got {value}")
 

@@ -4,7 +4,7 @@ The mission compares methods at a matched compute budget (docs/protocol.md §3).
 
   - FLOPs, "3e15flop", "40gflop", "2.5tflop", "1pflop" (k, m, g, t, p, e prefixes; "flops" also reads):
     every training forward and backward of every model — the denoiser (policy and frozen reference), the
-    VAE decoder, the text encoder and the reward model. This is the fair count budget on real models: at
+    VAE decoder, the text encoder, the reward model and a learned value function. This is the fair count budget on real models: at
     512 px ROCM back-propagates through the VAE decoder and a ViT-H reward for every image, each worth
     several UNet evaluations, while the policy-gradient methods only run them forward. Deterministic.
   - NFE, "2000nfe": denoiser evaluations **per sample**, and the denoiser only: one UNet forward on a
@@ -18,11 +18,19 @@ attention; elementwise work counts 0) **once** per (module, per-sample input sha
 first real call — the mode only observes, so results and every RNG are untouched — and cached per sample;
 every call then charges `per_sample * batch`. A backward through a module is charged 2x the forward FLOPs of
 that call (as for NFE, also where the module's own weights are frozen), when — and each time — gradient
-reaches the output the call produced (`watch`, `watch_backward`). The sampler's per-step checkpoint recomputes
-are real forwards and are charged as such (recomputes inside the UNet, `model.unet_checkpointing`, are not,
-in NFE either). Work cached per prompt (text embeddings) is charged per cache miss; a charged call nested in
-another is charged by itself and left out of the outer count. `counters()["nfe_eq"]` = total FLOPs / the
-per-sample forward FLOPs of the policy denoiser (adapters on): the FLOP total in readable NFE-equivalents.
+reaches the output the call produced (`watch`, `watch_backward`). Work cached per prompt (text embeddings) is
+charged per cache miss; a charged call nested in another is charged by itself and left out of the outer count.
+`counters()["nfe_eq"]` = total FLOPs / the per-sample forward FLOPs of the policy denoiser (adapters on): the
+FLOP total in readable NFE-equivalents.
+
+**The algorithm is charged, not the memory tricks.** The count budgets (`nfe`, `flops`) charge the forwards and
+backwards an algorithm needs. Work redone only to save memory — the sampler's per-step gradient checkpointing
+recomputing a step's forward during backward, REBEL's `memory_saving` pass — runs inside `recomputing()` and is
+counted apart, in `nfe_recompute` and `flops_recompute`, which no count budget spends: a method's count budget is
+the same with and without checkpointing, and the recomputation stays visible in every row of train.jsonl. It is
+paid for where it is real, in device time (a time budget measures it). Recomputation inside the UNet
+(`model.unet_checkpointing`, real models) happens inside torch's backward, out of the meter's sight: it is in
+neither counter, and likewise only in the time.
 
 The meter is charged where the work happens — `Policy.consistency` / `decode` / `encode_prompts` and
 `Reward.__call__` — so no method can forget or fake its spending. Evaluation runs inside `meter.paused()` and
@@ -36,7 +44,7 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Hashable, Iterator
+from typing import Callable, Hashable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -49,10 +57,14 @@ _UNITS |= {f"{prefix}{flop}": ("flops", scale) for prefix, scale in
            (("", 1.0), ("k", 1e3), ("m", 1e6), ("g", 1e9), ("t", 1e12), ("p", 1e15), ("e", 1e18))
            for flop in ("flop", "flops")}
 
-FLOP_MODULES = ("denoiser", "decoder", "reward", "text")
-"""The model components whose FLOPs are charged; `counters()` has `flops_<module>` for each."""
+FLOP_MODULES = ("denoiser", "decoder", "reward", "text", "value")
+"""The model components whose FLOPs are charged; `counters()` has `flops_<module>` for each. "value": a learned
+value function (DPOK's critic, methods/dpok.py)."""
 BACKWARD_FACTOR = 2.0
 """A backward through a module costs this many of its forwards (gradients w.r.t. inputs and weights)."""
+BUDGET_TOLERANCE = 0.005
+"""A run may end at most this fraction past its budget (bench/run/runner.py; bench/run/config.py refuses a count
+budget smaller than one outer step by this rule, before anything runs)."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +136,14 @@ class ComputeMeter:
     """Counts what training spends. `seconds` is only advanced inside `timing()` (the runner wraps each
     training step in it), so evaluation and I/O between steps are never charged."""
 
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
+    """The device-time clock of `timing()` (tests replace it with a fake one to make time budgets deterministic)."""
+
     def __init__(self) -> None:
         self.nfe_forward = 0
         self.nfe_backward = 0
+        self.nfe_recompute = 0  # denoiser forwards redone to save memory (not in `nfe`)
+        self.flops_recompute = 0.0  # FLOPs of every forward redone to save memory (not in `flops`)
         self.reward_calls = 0
         self.images = 0
         self.seconds = 0.0
@@ -134,6 +151,7 @@ class ComputeMeter:
         self.flops_per_nfe = 0.0  # per-sample forward FLOPs of the policy denoiser (0 until measured)
         self.flops_per_sample: dict[tuple, float] = {}  # (module, key) -> forward FLOPs per sample
         self._paused = 0
+        self._recomputing = 0
         self._frames: list[_Frame] = []  # charged calls in progress, outermost first
 
     # ---- charging -------------------------------------------------------------------------------------
@@ -142,7 +160,9 @@ class ComputeMeter:
         return self._paused == 0
 
     def charge_forward(self, batch: int) -> None:
-        if self.active:
+        if self.active and self._recomputing:
+            self.nfe_recompute += batch
+        elif self.active:
             self.nfe_forward += batch
 
     def charge_backward(self, batch: int) -> None:
@@ -188,7 +208,10 @@ class ComputeMeter:
             if parent is not None and parent.counter is not None:  # it saw this call's operations too
                 parent.nested += parent.counter.get_total_flops() - mark
         call.per_sample, call.charged = self.flops_per_sample[cache_key], True
-        self.flops[module] += call.flops
+        if self._recomputing:
+            self.flops_recompute += call.flops
+        else:
+            self.flops[module] += call.flops
         if nfe_unit:
             self.flops_per_nfe = call.per_sample
 
@@ -219,6 +242,17 @@ class ComputeMeter:
         return out
 
     @contextmanager
+    def recomputing(self):
+        """Forwards run inside are redone only to save memory (a checkpointed step recomputed during backward,
+        REBEL's memory_saving pass): charged to `nfe_recompute` and `flops_recompute`, which no count budget
+        spends, instead of `nfe_forward` and `flops` (see the module docstring)."""
+        self._recomputing += 1
+        try:
+            yield
+        finally:
+            self._recomputing -= 1
+
+    @contextmanager
     def paused(self):
         """Work done inside (evaluation, perf's bare-compute replay) is not charged."""
         self._paused += 1
@@ -231,13 +265,13 @@ class ComputeMeter:
     def timing(self):
         """Device time of training work; synchronises an accelerator so queued kernels are counted."""
         sync_device()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             yield
         finally:
             sync_device()
             if self.active:
-                self.seconds += time.perf_counter() - t0
+                self.seconds += self.clock() - t0
 
     # ---- reading --------------------------------------------------------------------------------------
     @property
@@ -256,12 +290,15 @@ class ComputeMeter:
         total = self.flops_total
         nfe_eq = round(total / self.flops_per_nfe, 4) if self.flops_per_nfe > 0 else 0.0
         return {"nfe": self.nfe, "nfe_forward": self.nfe_forward, "nfe_backward": self.nfe_backward,
-                "reward_calls": self.reward_calls, "images": self.images, "seconds": round(self.seconds, 4),
-                "flops": total, **{f"flops_{m}": self.flops[m] for m in FLOP_MODULES}, "nfe_eq": nfe_eq}
+                "nfe_recompute": self.nfe_recompute, "reward_calls": self.reward_calls, "images": self.images,
+                "seconds": round(self.seconds, 4), "flops": total, **{f"flops_{m}": self.flops[m] for m in FLOP_MODULES},
+                "flops_recompute": self.flops_recompute, "nfe_eq": nfe_eq}
 
     def load_counters(self, c: dict) -> None:
-        """The inverse of `counters()`; dicts written before FLOPs were counted load them as 0."""
+        """The inverse of `counters()`; dicts written before FLOPs (or recomputation) were counted load them as 0."""
         self.nfe_forward, self.nfe_backward = int(c["nfe_forward"]), int(c["nfe_backward"])
+        self.nfe_recompute = int(c.get("nfe_recompute", 0))
+        self.flops_recompute = float(c.get("flops_recompute", 0.0))
         self.reward_calls, self.images, self.seconds = int(c["reward_calls"]), int(c["images"]), float(c["seconds"])
         self.flops = {m: float(c.get(f"flops_{m}", 0.0)) for m in FLOP_MODULES}
         nfe_eq = float(c.get("nfe_eq", 0.0))

@@ -28,6 +28,8 @@ class Knob:
     """A tunable config field and its search range for `bench sweep` (every method gets the same trial count).
 
     Numeric knobs are sampled in [low, high] (log-uniformly when `log`); `choices` makes a categorical knob.
+    A range may follow the sampler: with `high_steps` set, high is sampler.steps + high_steps (e.g. -1: N - 1, the
+    largest truncation that is still not the whole trajectory), made absolute by `TrainConfig.resolved_knobs`.
     """
 
     low: float = 0.0
@@ -36,6 +38,8 @@ class Knob:
     choices: tuple = ()
     integer: bool = False
     """Sample integers in [low, high] (e.g. a group size)."""
+    high_steps: int | None = None
+    """None: `high` as given. An integer h: the upper bound is sampler.steps + h (`high` is ignored)."""
 
 
 @dataclass
@@ -74,15 +78,29 @@ class TrainConfig:
         for every method entry of a suite, after `--set`, before the first run starts; Method.__init__ again."""
         self.resolve(name)
 
+    def nfe_per_step(self, sampler: SamplerConfig) -> int | None:
+        """The denoiser sample-evaluations one outer step charges to the meter's `nfe` (a forward of one sample 1,
+        a backward 2; recomputation not included: bench/core/compute.py), with this config (validated, so derived
+        fields are filled) and `sampler`; where the cost varies with a per-step draw (AlignProp's K, ReFL's j, a
+        D3PO pair dropped as a tie), that of the costliest step. None: not declared (a plugin that does not know);
+        every built-in method declares it, and tests/test_step_cost.py checks it against the meter.
+        bench/run/config.py refuses an `nfe` budget smaller than one step before anything runs."""
+        return None
+
     def knob_scale(self, field: str, latent_dims: int | None) -> float:
         """What a relative knob's range multiplies: the field's value (subclasses may rescale it, e.g. for a
         form of the objective whose natural scale depends on the latent size `latent_dims`, None if unknown)."""
         return float(getattr(self, field))
 
-    def resolved_knobs(self, latent_dims: int | None = None) -> dict[str, Knob]:
-        """KNOBS with every relative knob made absolute around this config's values (see RELATIVE_KNOBS)."""
+    def resolved_knobs(self, latent_dims: int | None = None, steps: int | None = None) -> dict[str, Knob]:
+        """KNOBS with every relative knob made absolute around this config's values (see RELATIVE_KNOBS) and every
+        range that follows the sampler (Knob.high_steps) made absolute for `steps` sampling steps (None: the
+        SamplerConfig default)."""
+        steps = SamplerConfig.steps if steps is None else steps
         out = {}
         for field, knob in self.KNOBS.items():
+            if knob.high_steps is not None:
+                knob = dataclasses.replace(knob, high=steps + knob.high_steps, high_steps=None)
             if field not in self.RELATIVE_KNOBS:
                 out[field] = knob
                 continue
@@ -121,15 +139,35 @@ class Method:
             require_differentiable(name, reward.name, reward.differentiable)
         self.name, self.cfg, self.policy, self.sampler, self.reward = name, cfg, policy, sampler, reward
         self.prompts, self.generator, self.dist = list(prompts), generator, dist
-        self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel for every parameter's update on a GPU (the same update up to float rounding)
+        self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           fused=policy.device.type == "cuda")
         self.steps_done = 0
         self.updates_done = 0
         self.drawn: list[list[int]] = []
         """Indices into `prompts` of every draw so far, in order: a resumed run replays their text encodings
         (bench/run/checkpoint.py), so that its caches, and what it is charged, are an uninterrupted run's."""
 
-    def step(self) -> dict[str, float]:
+    def step(self, fraction: float = 1.0) -> dict[str, float]:
+        """One outer iteration (sample, score, update); returns its scalar logs. `fraction` < 1 only where
+        step_parts() > 1 (see there)."""
         raise NotImplementedError
+
+    def step_parts(self) -> int:
+        """How many equal parts an outer step can be cut into: `step(fraction=k / step_parts())` then takes k of
+        them (fewer prompts or samples) at that fraction of the full step's compute and no more, so that a time
+        budget's last step fills what is left of it (bench/run/budget.py). 1, the default: the step is indivisible
+        and only ever called as `step()`."""
+        return 1
+
+    def batch_parts(self, n: int) -> int:
+        """step_parts() of a step whose compute is proportional to its global batch of n rows: the batch shrinks in
+        whole multiples of the process count, so every process keeps the same share."""
+        return n // self.dist.world
+
+    def partial_batch(self, n: int, fraction: float) -> int:
+        """The global batch of a step of `fraction` (k / batch_parts(n)) of a full one of n rows."""
+        return max(1, round(fraction * self.batch_parts(n))) * self.dist.world
 
     # ---- checkpoints (bench/run/checkpoint.py): everything a resumed run needs to continue bit for bit ----------
     def state_dict(self) -> dict:

@@ -50,6 +50,17 @@ class ModelConfig:
     """Image side in pixels; 0 = the model's native size (512 for the Stable Diffusion 1.5 family)."""
     unet_checkpointing: bool = False
     """Gradient checkpointing inside the UNet too (real models at 512 px), on top of the sampler's per-step one."""
+    frozen_in_dtype: bool = True
+    """On a GPU with `dtype` other than float32: hold the frozen weights (the UNet's base weights, the VAE, the
+    text encoder, a full fine-tune's frozen reference) in `dtype`, as autocast casts them on every call anyway;
+    LoRA weights and the optimizer stay float32. Memory and casts saved, the arithmetic unchanged. No effect on
+    a CPU."""
+    compile: bool = False
+    """torch.compile the UNet (its forward, in place). Compilation happens in the first step: a time
+    budget takes that step as its uncharged warm-up (bench/run/budget.py); count budgets never count time."""
+    channels_last: bool = False
+    """Channels-last memory format for the UNet and the VAE (faster convolutions on some GPUs). Off by default:
+    not measured to help here."""
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -157,6 +168,22 @@ class Policy(nn.Module):
             x0 = self.meter.watch(x0, call)  # (B, 3, H, W): a backward is charged when gradient reaches it
         return (x0 / 2 + 0.5).clamp(0, 1)
 
+    def to(self, *args, **kwargs) -> "Policy":
+        """nn.Module.to, then the settings of `config` that depend on the device: frozen weights in the autocast
+        dtype (a GPU), the memory format, compilation."""
+        super().to(*args, **kwargs)
+        cfg = self.config
+        if self.device.type == "cuda" and cfg.frozen_in_dtype and cfg.dtype != "float32":
+            cast_frozen(self, getattr(torch, cfg.dtype))
+        if cfg.channels_last:
+            for m in (self.unet, self._reference_unet, self.vae):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
+        if cfg.compile and not getattr(self.unet, "_compiled_by_bench", False):
+            self.unet.compile()
+            self.unet._compiled_by_bench = True
+        return self
+
     @property
     def in_reference(self) -> bool:
         """True inside `reference()`: the model is the frozen starting model."""
@@ -210,6 +237,15 @@ class Policy(nn.Module):
         with torch.no_grad():
             for n, v in state.items():
                 params[n].copy_(v)
+
+
+def cast_frozen(policy: "Policy", dtype: torch.dtype) -> None:
+    """Every parameter of the policy that is not trained (requires_grad False) to `dtype`; trained ones (LoRA, or
+    a full fine-tune's UNet) stay float32 for the optimizer."""
+    with torch.no_grad():
+        for p in policy.parameters():
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(dtype)
 
 
 def sd_policy(unet, text_encoder, tokenizer, scheduler, vae, config: ModelConfig,

@@ -24,6 +24,9 @@ class Reward:
     version: str = "0"  # bump when the score changes for the same images; written into every result row
     higher_is_better: bool = True
     differentiable: bool = True
+    autocast_dtype: str | None = None
+    """Scoring runs under autocast in this dtype on a GPU ("bfloat16", "float16"; None or "float32": full
+    precision); the runner sets the model's `model.dtype`. Scores are returned as float32."""
 
     def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
         self.device = torch.device(device)
@@ -39,6 +42,13 @@ class Reward:
         of the per-image count of `score`, which it would otherwise inflate on every later call."""
         return self.meter.forward("reward", ("prompts", type(self).__qualname__, self.name, tuple(shape)), n)
 
+    def autocast(self):
+        """The autocast context of every scoring call: `autocast_dtype` on a GPU (the runner sets the model's
+        dtype), float32 otherwise."""
+        if self.device.type == "cuda" and self.autocast_dtype not in (None, "float32"):
+            return torch.autocast("cuda", dtype=getattr(torch, self.autocast_dtype))
+        return torch.autocast("cpu", enabled=False)
+
     def clear_prompt_cache(self) -> None:
         """Forget what `prompt_forward` cached (a reward that caches per prompt overrides this), so that the next
         use of each prompt is computed, and charged, again: uncharged work done before training (a standardised
@@ -50,8 +60,9 @@ class Reward:
                              f"{tuple(images.shape)} and {len(prompts)} prompts")
         b = images.shape[0]
         self.meter.charge_reward(b)
-        with self.meter.forward("reward", (type(self).__qualname__, self.name, tuple(images.shape[1:])), b) as call:
-            out = self.score(images, prompts)
+        with self.meter.forward("reward", (type(self).__qualname__, self.name, tuple(images.shape[1:])), b) as call, \
+                self.autocast():
+            out = self.score(images, prompts).float()
         if out.shape != (b,):
             raise ValueError(f"{self.name}: score returned shape {tuple(out.shape)}, expected ({b},)")
         return self.meter.watch(out, call)  # (B,): the backward through the reward is charged if it happens

@@ -3,7 +3,7 @@
 For the cost of a training step on a real model — step time, framework overhead, peak memory at 512 px — the
 weights do not matter, only the modules and their shapes. This model is LCM-Dreamshaper-v7's exact module tree
 (the Stable Diffusion 1.5 UNet with the LCM guidance embedding, SD's VAE, OpenAI CLIP ViT-L/14's text tower and
-its BPE tokenizer, the LCM scheduler) built from the configs below, so that
+its BPE tokenizer (bench/core/clip_bpe.py), the LCM scheduler) built from the configs below, so that
 
     bench perf --model sd15-lcm-random --device cuda --set model.dtype=bfloat16
 
@@ -20,13 +20,11 @@ or transformers default omitted.
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.core.clip_bpe import clip_tokenizer
 from bench.core.compute import ComputeMeter
 from bench.core.policy import ModelConfig, Policy, sd_policy
 
@@ -54,32 +52,6 @@ SCHEDULER: dict[str, Any] = dict(
     original_inference_steps=50, timestep_spacing="leading",
 )
 SEED = 1234  # the base weights are the same for every run seed (as a downloaded model's are)
-START, END = "<|startoftext|>", "<|endoftext|>"
-
-
-def write_clip_bpe(folder: Path) -> tuple[Path, Path]:
-    """CLIP's BPE vocabulary and merges, from the copy inside open_clip, as the hub's `tokenizer/vocab.json` and
-    `tokenizer/merges.txt` (the files `CLIPTokenizer` reads); returns their paths."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    bpe = SimpleTokenizer()
-    rename = {"<start_of_text>": START, "<end_of_text>": END}  # open_clip's names of the specials -> OpenAI's
-    vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
-    vocab.write_text(json.dumps({rename.get(k, k): v for k, v in bpe.encoder.items()}))
-    ranked = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    merges.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in ranked) + "\n")
-    return vocab, merges
-
-
-def clip_tokenizer(max_length: int = TEXT["max_position_embeddings"]):
-    """CLIP's real BPE tokenizer (`CLIPTokenizerFast`, 49,408 tokens, as `AutoTokenizer` loads SD's), no download.
-    Ids are OpenAI CLIP's ("a photo of a cat" -> 49406 320 1125 539 320 2368 49407)."""
-    from transformers import CLIPTokenizerFast
-
-    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads its files once, at construction
-        vocab, merges = write_clip_bpe(Path(tmp))
-        return CLIPTokenizerFast(vocab_file=str(vocab), merges_file=str(merges), bos_token=START, eos_token=END,
-                                 unk_token=END, pad_token=END, model_max_length=max_length)
 
 
 def sd15_modules() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import torch
 
 from bench.core.compute import sync_device
-from bench.perf.setup import build
+from bench.perf.setup import build_method
 from bench.registry.catalog import METHODS
 from bench.run.config import SuiteConfig, family
 
@@ -156,14 +156,16 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
-    algo, policy, reward = build(suite, name)
-    meter, keys = policy.meter, ("nfe_forward", "nfe_backward", "images", "reward_calls")
+def time_method(suite: SuiteConfig, name: str, repeats: int, policy, reward) -> dict:
+    """Step and bare-compute timings of method `name` on the shared (policy, reward) (bench/perf/setup.py)."""
+    algo = build_method(suite, name, policy, reward)
+    meter, keys = policy.meter, ("nfe_forward", "nfe_backward", "nfe_recompute", "images", "reward_calls")
 
     def step() -> tuple[tuple[float, float], dict]:
         before = meter.counters()
         secs = timed(algo.step)
-        return secs, {k: meter.counters()[k] - before[k] for k in keys}
+        after = meter.counters()
+        return secs, {k: after[k] - before[k] for k in keys} | {"flops": after["flops"] - before["flops"]}
 
     with record(policy, reward) as calls:
         _, counts = step()
@@ -185,7 +187,7 @@ def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
         else:
             (s, c), b = step(), bare()
         pairs.append((s, *b))
-        same = same and c == counts
+        same = same and {k: c[k] for k in keys} == {k: counts[k] for k in keys}
     (step_w, step_c), (unet_w, unet_c), (rest_w, rest_c) = (list(zip(*col)) for col in zip(*pairs))
     bare_w, bare_c = [u + r for u, r in zip(unet_w, rest_w)], [u + r for u, r in zip(unet_c, rest_c)]
     ratios = lambda a, b: statistics.median(x / y for x, y in zip(a, b))  # noqa: E731
@@ -202,7 +204,7 @@ def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
             "samples_per_s": counts["images"] / step_s, "step_times_s": list(step_w), "bare_times_s": bare_w,
             "pair_ratios": [s / b for s, b in zip(step_w, bare_w)], "step_cpu_s": list(step_c), "bare_cpu_s": bare_c,
             "meter_per_step": counts, "same_work_every_step": same,
-            "meter_agrees": counts["nfe_forward"] == n(unet)
+            "meter_agrees": counts["nfe_forward"] == n(fwd) and counts["nfe_recompute"] == n(unet) - n(fwd)
             and counts["nfe_backward"] == n(c for c in fwd if c.backward),
             "calls": {"unet_forward": len(fwd), "unet_recompute": len(unet) - len(fwd),
                       "unet_backward": sum(c.backward for c in fwd), "reference_forward": sum(c.reference for c in fwd),
@@ -210,7 +212,27 @@ def time_method(suite: SuiteConfig, name: str, repeats: int) -> dict:
                       "reward": sum(c.kind == "reward" for c in calls)}}
 
 
+def rate_text(flops_per_s: float) -> str:
+    """A FLOP rate in the unit that reads best: TFLOP/s on a GPU, GFLOP/s on a CPU."""
+    return f"{flops_per_s / 1e12:.1f} TFLOP/s" if flops_per_s >= 1e12 else f"{flops_per_s / 1e9:.1f} GFLOP/s"
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a / b if b > 0 else float("inf")
 
 
+def matmul_rate(device: torch.device, seconds: float = 1.0) -> tuple[float, str]:
+    """(FLOP/s, dtype) of a large square matmul on `device`, the denominator of MFU: bfloat16 on a GPU (the dtype
+    real runs train in), float32 on a CPU (which always runs float32), in this process's threads. The fastest of
+    the matmuls timed over about `seconds` after a warm-up: the card's (or core's) rate, not a moment when other
+    work shared it — on a CPU shared with other jobs MFU is still only as good as that moment's share."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    best, elapsed = float("inf"), 0.0
+    while elapsed < seconds:
+        t = timed(lambda: a @ b)[0]
+        best, elapsed = min(best, t), elapsed + t
+    return 2 * n**3 / best, str(dtype).removeprefix("torch.")

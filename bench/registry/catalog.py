@@ -31,25 +31,31 @@ MODELS: dict[str, str] = {
 # metric that stands in for human judgement (`bench human-eval --simulate` votes with it; the report's peak column
 # falls back on it in folders that did not evaluate `select`: testbed folders made when the testbed selected by its
 # gold); `sampler`: the model's own sampler settings where `--set` gives none (the testbed LCM was distilled over
-# guidance scales 1-3).
+# guidance scales 1-3). Per-step gradient checkpointing is a memory trick (its recomputation is counted apart and
+# charged to no count budget, docs/protocol.md §3): off where a step's activations fit in memory many times over
+# (tiny, tiny-vae, the testbed: no recomputation time), on for the 512-px models, whose ROCM step would otherwise
+# hold N UNets' activations.
+_SMALL_SAMPLER = {"checkpointing": False}
+_REAL_SAMPLER = {"checkpointing": True}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
-             "select": "colorfulness", "latent": (3, 1, 16)},
+             "select": "colorfulness", "latent": (3, 1, 16), "sampler": _SMALL_SAMPLER},
     "tiny-vae": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
-                 "select": "colorfulness", "latent": (4, 2, 64)},
+                 "select": "colorfulness", "latent": (4, 2, 64), "sampler": _SMALL_SAMPLER},
     "testbed": {"reward": "testbed-pref", "prompts": "testbed",
                 "metrics": ["testbed-align", "testbed-pref", "testbed-pref-b", "testbed-gold", "testbed-fid",
                             "testbed-diversity"],
                 "select": "testbed-pref-b", "rater": "testbed-gold", "latent": (3, 1, 16),
-                "sampler": {"guidance_scale": 2.0}},
+                "sampler": {"guidance_scale": 2.0, **_SMALL_SAMPLER}},
     "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
-                           "select": "hpsv2", "latent": (4, 8, 512)},
+                           "select": "hpsv2", "latent": (4, 8, 512), "resizable": True, "sampler": _REAL_SAMPLER},
     "lcm-lora-sd15": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
-                      "select": "hpsv2", "latent": (4, 8, 512)},
+                      "select": "hpsv2", "latent": (4, 8, 512), "resizable": True, "sampler": _REAL_SAMPLER},
     # Real size, random weights (cost measurements, bench/models/sd15.py): rewards that need no weights.
     "sd15-lcm-random": {"reward": "brightness", "prompts": "animals", "metrics": ["brightness", "colorfulness", "diversity"],
-                        "select": "colorfulness", "latent": (4, 8, 512)},
+                        "select": "colorfulness", "latent": (4, 8, 512), "resizable": True, "sampler": _REAL_SAMPLER},
 }
+# "resizable": the builder honours model.resolution (the Stable Diffusion family); the others draw at one size.
 # "latent": (channels, decoder upsampling factor, native image side in pixels), so the latent size is known without
 # building the model (bench sweep centres ROCM's per-dimension β ranges on it; tests check it against the models).
 
@@ -80,11 +86,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "rocm-chi2": ("methods.rocm:ROCM", {"divergence": "chi2", "beta": 5.0}),
     "rocm-none": ("methods.rocm:ROCM", {"divergence": "none", "beta": 0.0}),
     # Truncated first-order methods (methods/draft.py, methods/refl.py), unregularised as published: DRaFT-1, and
-    # AlignProp's K uniform on {1, …, N-1} at the default N = 4 sampling steps.
+    # AlignProp's K uniform on {1, …, N-1} (k = 0: up to N - 1, whatever the sampler's N).
     "draft-k": ("methods.draft:Draft", {"k": 1}),
-    "alignprop": ("methods.draft:Draft", {"k_min": 1, "k": 3}),
+    "alignprop": ("methods.draft:Draft", {"k_min": 1, "k": 0}),
     "refl": ("methods.refl:ReFL", {}),
     "ddpo": ("methods.ddpo:DDPO", {}),
+    # DDPO's PPO-clip plus β x the per-step KL to the reference at the stored states: the estimator this registry
+    # called "dpok" before it followed DPOK's published algorithm (methods/ddpo.py; docs/methods.md §4).
+    "ddpo-kl": ("methods.ddpo:DDPO", {"beta": 0.3}),
     "d3po": ("methods.d3po:D3PO", {}),
     "grpo": ("methods.grpo:GRPO", {}),
     "dpok": ("methods.dpok:DPOK", {}),
@@ -106,6 +115,13 @@ REWARDS: dict[str, str] = {
     "hpsv21": "rewards.hpsv2:HPSv21",
     "imagereward": "rewards.imagereward:ImageReward",
     "aesthetic": "rewards.aesthetic:Aesthetic",
+    # The same networks at full size with random weights, no download (rewards/random_weights.py): to measure a
+    # real reward's cost on `sd15-lcm-random` (`bench perf --reward`, `bench run --rewards`), never for results.
+    "pickscore-random": "rewards.random_weights:PickScoreRandom",
+    "hpsv2-random": "rewards.random_weights:HPSv2Random",
+    "imagereward-random": "rewards.random_weights:ImageRewardRandom",
+    "clip-random": "rewards.random_weights:ClipScoreRandom",
+    "aesthetic-random": "rewards.random_weights:AestheticRandom",
 }
 
 # Set metrics (evaluation only) and the built-in per-sample "kl-to-base" are metrics but not rewards.

@@ -65,14 +65,15 @@ def method_class(name: str) -> tuple[type, dict[str, Any]]:
     return checked("method", _import(target), target), dict(overrides)
 
 
-def knobs_for(name: str, latent_dims: int | None = None) -> dict[str, Knob]:
+def knobs_for(name: str, latent_dims: int | None = None, steps: int | None = None) -> dict[str, Knob]:
     """The sweep knobs of a registered method entry, {field: Knob} with absolute ranges: its config class's
     KNOBS, relative ones (e.g. ROCM's β) scaled by the entry's own value (bench/core/method.py RELATIVE_KNOBS), and
     dropped where that value is 0 (rocm-none's β). `latent_dims`: the model's latent size, for knobs whose scale
-    depends on it (β of a per-dimension ROCM entry); None keeps the registered scale. `--set` values are not
+    depends on it (β of a per-dimension ROCM entry); None keeps the registered scale. `steps`: the sampler's N,
+    for ranges that follow it (DRaFT-K's K in 1 … N-1); None: the sampler's default. `--set` values are not
     applied: for those, call resolved_knobs() on bench.run.config.method_config's config."""
     cls, overrides = method_class(name)
-    return cls.Config(**overrides).resolved_knobs(latent_dims)
+    return cls.Config(**overrides).resolved_knobs(latent_dims, steps)
 
 
 def is_remote(name: str) -> bool:

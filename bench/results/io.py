@@ -105,3 +105,24 @@ def read_jsonl(path: Path) -> list[dict]:
                 continue  # torn final append from a crash
             raise BenchError(f"corrupt results file {path}: line {i + 1} is not a JSON object") from None
     return rows
+
+
+def writable_folder(path: Path, what: str = "--out", create: bool = True) -> Path:
+    """`path` as a folder this process can write into, created if missing (with create=False only checked: its
+    nearest existing folder must be writable, so that a later check can still fail with nothing written); a file in
+    the way, a parent that cannot be created or a folder without write permission is a one-line BenchError."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BenchError(f"{what} {path} is a file, not a folder")
+    if not create and not path.exists():
+        base = next(p for p in path.absolute().parents if p.exists())
+        if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+            raise BenchError(f"cannot create {what} {path}: {base} is not a writable folder")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BenchError(f"{what} {path} is not writable")
+    return path

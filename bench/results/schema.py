@@ -243,12 +243,16 @@ def read_normalisers(data: Any, path: Path | str = "standardisation.json") -> di
     return {str(k): Normaliser.from_json(v, path) for k, v in data.items()}
 
 
-COUNTER_KEYS = ("nfe", "nfe_forward", "nfe_backward", "reward_calls", "images", "seconds", "flops", "flops_denoiser",
-                "flops_decoder", "flops_reward", "flops_text", "nfe_eq")
+COUNTER_KEYS = ("nfe", "nfe_forward", "nfe_backward", "nfe_recompute", "reward_calls", "images", "seconds", "flops",
+                "flops_denoiser", "flops_decoder", "flops_reward", "flops_text", "flops_value", "flops_recompute",
+                "nfe_eq")
 """bench.core.compute.ComputeMeter.counters(), summed over processes: nfe (denoiser evaluations per sample, a backward
-counted as 2) = nfe_forward + 2 nfe_backward; reward_calls (images scored); images (images sampled); seconds
-(device time of training work); flops (every training forward and backward) = flops_denoiser + flops_decoder +
-flops_reward + flops_text; nfe_eq (flops in units of one policy denoiser forward of one sample)."""
+counted as 2) = nfe_forward + 2 nfe_backward; nfe_recompute (denoiser forwards redone only to save memory, e.g.
+by the sampler's per-step checkpointing: in no count budget); reward_calls (images scored); images (images
+sampled); seconds (device time of training work, recomputation included); flops (every training forward and
+backward) = flops_denoiser + flops_decoder + flops_reward + flops_text + flops_value (a learned value function);
+flops_recompute (FLOPs of the forwards redone to save memory, not in flops); nfe_eq (flops in units of one policy
+denoiser forward of one sample). Rows written before a counter existed lack it (read as 0)."""
 
 
 @dataclass
@@ -326,11 +330,14 @@ class Summary:
     """Wall-clock time of the run, evaluation included."""
     processes: int = 1
     status: str = "complete"
+    warmup_seconds: float = 0.0
+    """Time budgets: the uncharged warm-up step taken before the clock started (bench/run/budget.py); else 0."""
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "steps": self.steps, **self.counters, "processes": self.processes,
                 "budget_used": self.budget_used, "reported_split": self.reported_split,
-                "wall_seconds": self.wall_seconds, f"final_{self.reported_split}": self.final}
+                "wall_seconds": self.wall_seconds, "warmup_seconds": self.warmup_seconds,
+                f"final_{self.reported_split}": self.final}
 
     @classmethod
     def from_json(cls, data: Any) -> "Summary":
@@ -340,4 +347,5 @@ class Summary:
         return cls(steps=_number(d.get("steps"), int, 0), counters={k: d[k] for k in COUNTER_KEYS if k in d},
                    budget_used=_number(d.get("budget_used"), float, 0.0), reported_split=split,
                    final=_dict(d.get(f"final_{split}")), wall_seconds=_number(d.get("wall_seconds"), float, 0.0),
-                   processes=_number(d.get("processes"), int, 1), status=str(d.get("status") or "complete"))
+                   processes=_number(d.get("processes"), int, 1), status=str(d.get("status") or "complete"),
+                   warmup_seconds=_number(d.get("warmup_seconds"), float, 0.0))

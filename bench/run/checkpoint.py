@@ -175,7 +175,7 @@ def cut_logs(run_dir: Path, sizes: dict[str, int]) -> None:
     are recomputed identically), appending what was cut to <log>.after-checkpoint, so nothing is lost. Also
     removes the temporary files of atomic writes that were killed (process 0 is the run folder's one writer, so
     every one left is stale, never a complete file)."""
-    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob("samples/.*.tmp")]:
+    for tmp in [*run_dir.glob(".*.tmp"), *run_dir.glob("samples/.*.tmp"), *run_dir.glob("scores/.*.tmp")]:
         tmp.unlink()
     for name, size in sizes.items():
         path = run_dir / name

@@ -17,9 +17,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.core.checks import at_least, one_of, positive, require_differentiable
+from bench.core.checks import at_least, in_range, one_of, positive, require_differentiable
 from bench.core.combine import non_differentiable_terms
-from bench.core.compute import Budget
+from bench.core.compute import BUDGET_TOLERANCE, Budget
+from bench.core.device import resolve_device
 from bench.core.errors import BenchError, unknown_name
 from bench.core.policy import ModelConfig
 from bench.core.sampler import SamplerConfig
@@ -29,8 +30,11 @@ from bench.core.sampler import SamplerConfig
 class EvalConfig:
     """Evaluation at fixed fractions of the budget; never charged to it (docs/protocol.md)."""
 
-    points: int = 10
-    """Evaluations at 1/points, 2/points, …, 1 of the budget, plus one of the base model at 0."""
+    points: int = 0
+    """N > 0: evaluations at 1/N, 2/N, …, 1 of the budget (uniform). 0: the front-loaded DENSE schedule (or
+    `fractions`). Always one more of the base model at 0."""
+    fractions: tuple[float, ...] = ()
+    """Explicit evaluation points as budget fractions in (0, 1] (1 is added if missing); overrides `points`."""
     splits: tuple[str, ...] = ("train", "test")
     """Prompt splits evaluated: train and test for reported runs; `bench sweep` uses train and validation."""
     samples_per_prompt: int = 2
@@ -184,6 +188,7 @@ def validate(suite: SuiteConfig) -> None:
         raise BenchError("no rewards given: e.g. --rewards brightness (see `bench ls`)")
     if not suite.seeds:
         raise BenchError("no seeds given: e.g. --seeds 0,1,2")
+    resolve_device(suite.device)  # an unknown device, or CUDA on a machine without one
     # Plugins given as package.module:Name (or installed entry points) -> their declared registry names, which
     # name the run folders; each is checked to be a Method / Reward / metric / model builder.
     suite.methods = resolve_names("method", suite.methods)
@@ -206,6 +211,7 @@ def validate(suite: SuiteConfig) -> None:
     distinct_folders(suite.rewards)
     apply_model_defaults(suite)
     check_sections(suite)
+    configs = {}
     for m in suite.methods:  # every entry's config after --set, with the shared rules of bench/core/checks.py
         cls, cfg = method_config(m, suite)
         cfg.validate(m, suite.sampler)
@@ -213,6 +219,8 @@ def validate(suite: SuiteConfig) -> None:
             for r in suite.rewards:
                 r_cls = reward_class(r)
                 require_differentiable(m, r, r_cls.differentiable, non_differentiable_terms(r_cls))
+        configs[m] = cfg
+    check_step_fits(suite, configs)
     for metric in metrics_for(suite, suite.rewards[0]):
         if metric != "kl-to-base":
             metric_class(metric)
@@ -241,6 +249,18 @@ def distinct_folders(rewards: list[str]) -> None:
                              f"train on one of them per suite")
 
 
+def check_step_fits(suite: SuiteConfig, configs: dict) -> None:
+    """Refuse an `nfe` budget smaller than one outer step of a method of the suite (the step each method declares,
+    `TrainConfig.nfe_per_step`; None: undeclared, left to the runner's check after the first step)."""
+    if suite.budget.kind != "nfe":
+        return
+    for m, cfg in configs.items():
+        cost = cfg.nfe_per_step(suite.sampler)
+        if cost is not None and cost > suite.budget.amount * (1 + BUDGET_TOLERANCE):
+            raise BenchError(f"{m}: one outer step costs {cost} NFE (sampler.steps = {suite.sampler.steps}), more "
+                             f"than the whole budget ({suite.budget.text}); give a larger --budget or a smaller batch")
+
+
 def apply_model_defaults(suite: SuiteConfig) -> None:
     """The model's own sampler settings (MODEL_DEFAULTS[model]["sampler"], e.g. the testbed's guidance scale 2,
     the range its LCM was distilled over) where `--set` gave none."""
@@ -253,19 +273,45 @@ def apply_model_defaults(suite: SuiteConfig) -> None:
 
 def check_sections(suite: SuiteConfig) -> None:
     """The value rules of the shared sections (model, sampler, eval); method configs check their own."""
+    from bench.registry.catalog import MODEL_DEFAULTS
+
     m, s, ev = suite.model, suite.sampler, suite.eval
     at_least("model.lora_rank", m.lora_rank, 0)
     positive("model.lora_alpha", m.lora_alpha)
     one_of("model.dtype", m.dtype, ("float32", "bfloat16", "float16"))
     at_least("model.resolution", m.resolution, 0)
+    latent = MODEL_DEFAULTS.get(m.name, {}).get("latent")
+    if m.resolution and latent is not None:  # (channels, decoder upsampling, native side)
+        if not MODEL_DEFAULTS[m.name].get("resizable", False):
+            raise BenchError(f"model.resolution: '{m.name}' draws at its one size, {latent[2]} px; leave it 0")
+        if m.resolution % (8 * latent[1]):  # the UNet halves its latent three times
+            raise BenchError(f"model.resolution must be a multiple of {8 * latent[1]} for '{m.name}', "
+                             f"got {m.resolution}")
     at_least("sampler.steps", s.steps, 1)
+    at_least("sampler.guidance_scale", s.guidance_scale, 1.0)
     at_least("sampler.original_inference_steps", s.original_inference_steps, s.steps)
     one_of("sampler.logprob_reduction", s.logprob_reduction, ("mean", "sum"))
-    for name, low in (("points", 1), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
+    for f in ev.fractions:
+        in_range("eval.fractions", f, 0.0, 1.0, open_low=True)
+    for name, low in (("points", 0), ("samples_per_prompt", 1), ("min_images", 0), ("max_prompts", 0),
                       ("grid_images", 0)):
         at_least(f"eval.{name}", getattr(ev, name), low)
     at_least("checkpoint.every_steps", suite.checkpoint.every_steps, 0)
     at_least("checkpoint.every_minutes", suite.checkpoint.every_minutes, 0)
+
+
+DENSE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+"""The default evaluation schedule: front-loaded, so that a threshold crossed early (claim C1: compute to reach a
+gold or proxy gain) is crossed between two measured points instead of on a straight line from the base model."""
+
+
+def eval_schedule(ev: EvalConfig) -> list[float]:
+    """The budget fractions a run is evaluated at (after the base model's 0), increasing, the last one 1."""
+    if ev.fractions:
+        return sorted({float(f) for f in ev.fractions} | {1.0})
+    if ev.points > 0:
+        return [i / ev.points for i in range(1, ev.points + 1)]
+    return list(DENSE)
 
 
 def split_prompts(suite: SuiteConfig) -> dict[str, list[str]]:

@@ -5,8 +5,10 @@ At each evaluation point the policy draws a fixed number of images for every pro
 *same* noise (a fixed seed, the same for every method and point: paired comparisons), and every metric
 is computed on them — not only the training reward, so reward hacking shows up as the training reward rising
 while the others fall. `kl-to-base` is the KL divergence of the policy's trajectory distribution from the
-base model's, Σ_k δ_k²/2 over the stochastic steps at the visited states (per sample): the x axis of the
-report's reward-against-divergence plot, comparable across every method.
+base model's, Σ_k δ_k²/2 over the stochastic steps at the visited states (per sample), plus the final
+deterministic step's, read as a Gaussian at the last σ (bench/core/sampler.py final_step_gaussian: the step that
+makes the image counts as the last noisy step's x̂_0 does): the x axis of the report's reward-against-divergence
+and frontier plots, measured the same way for every method.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from PIL import Image
 from bench.core.divergences import gaussian_divergence
 from bench.core.policy import Policy
 from bench.core.reward import Reward, SetMetric
-from bench.core.sampler import SamplerConfig, sample
+from bench.core.sampler import SamplerConfig, Trajectory, final_step_gaussian, sample
 
 EVAL_BATCH = 32  # images per sampling call during evaluation
+KL_VERSION = "2"
+"""Version of the kl-to-base metric in evaluation rows. 1: the noisy steps only. 2: the final step too."""
 
 
-def kl_to_base(means: torch.Tensor, ref_means: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """(B, N-1, *latent) policy and reference means, (N-1,) σ -> (B,) Σ_k KL(π_θ ‖ π_ref) at step k."""
-    total = torch.zeros(means.shape[0])
-    for k in range(means.shape[1]):
-        total += gaussian_divergence("kl", means[:, k], ref_means[:, k], float(sigmas[k])).cpu()
+def kl_to_base(traj: Trajectory) -> torch.Tensor:
+    """(B,) Σ_k KL(π_θ ‖ π_ref) over the noisy steps k of a trajectory sampled with the reference's means and its
+    final x̂_0 (with_reference, final_reference), plus the final step's KL at the last σ (final_step_gaussian)."""
+    total = gaussian_divergence("kl", *final_step_gaussian(traj)).cpu()  # (B,)
+    for k in range(traj.num_noisy_steps):
+        total += gaussian_divergence("kl", traj.means[:, k], traj.ref_means[:, k], float(traj.schedule.sigmas[k])).cpu()
     return total
 
 
@@ -62,10 +67,12 @@ def prepare_references(policy: Policy, sampler: SamplerConfig, splits: dict[str,
 
 @torch.no_grad()
 def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]], metrics: dict[str, object],
-             per_prompt: dict[str, int], seed: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """Returns rows (split, metric, version, higher_is_better, value, stderr, n, n_prompts, n_images) and each
-    split's images. A set metric's `compute()` returns a value, or (value, standard error) where it has one."""
-    rows, images_by_split = [], {}
+             per_prompt: dict[str, int], seed: int) -> tuple[list[dict], dict[str, torch.Tensor], dict]:
+    """Returns rows (split, metric, version, higher_is_better, value, stderr, n, n_prompts, n_images), each
+    split's images, and each per-image metric's scores: {split: {metric: (n_prompts, images per prompt) float64}},
+    image k of prompt p drawn from the same noise at every evaluation of every run. A set metric's `compute()`
+    returns a value, or (value, standard error) where it has one."""
+    rows, images_by_split, scores = [], {}, {}
     with policy.meter.paused():
         for split, prompts in splits.items():
             generator = torch.Generator().manual_seed(seed)
@@ -77,11 +84,12 @@ def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]
             images = []
             for start in range(0, len(all_prompts), EVAL_BATCH):
                 batch = all_prompts[start:start + EVAL_BATCH]
-                traj = sample(policy, batch, sampler, generator, with_reference="kl-to-base" in metrics)
+                kl = "kl-to-base" in metrics
+                traj = sample(policy, batch, sampler, generator, with_reference=kl, final_reference=kl)
                 images.append(traj.images.cpu())
                 for name, m in metrics.items():
                     if name == "kl-to-base":
-                        per_sample[name].append(kl_to_base(traj.means, traj.ref_means, traj.schedule.sigmas))
+                        per_sample[name].append(kl_to_base(traj))
                     elif isinstance(m, SetMetric):
                         m.update(traj.images, batch)
                     else:
@@ -95,12 +103,13 @@ def evaluate(policy: Policy, sampler: SamplerConfig, splits: dict[str, list[str]
                 else:
                     v = torch.cat(per_sample[name]).double()
                     n = len(v)
+                    scores.setdefault(split, {})[name] = v.numpy().reshape(len(prompts), per_prompt[split])
                     value, stderr = float(v.mean()), float(v.std() / math.sqrt(n)) if n > 1 else 0.0
-                    version, hib = (m.version, m.higher_is_better) if isinstance(m, Reward) else ("1", False)
+                    version, hib = (m.version, m.higher_is_better) if isinstance(m, Reward) else (KL_VERSION, False)
                 rows.append({"split": split, "metric": name, "version": version, "higher_is_better": hib,
                              "value": value, "stderr": stderr, "n": n, "n_prompts": len(prompts),
                              "n_images": len(all_prompts)})
-    return rows, images_by_split
+    return rows, images_by_split, scores
 
 
 def image_grid_png(images: torch.Tensor, columns: int = 8) -> bytes:

@@ -40,6 +40,7 @@ def launch(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show_pr
         return run_suite(suite, out, argv, show_progress, log_with)
     check(executor)
     validate(suite)
+    results.writable_folder(Path(out), create=False)  # the executor's own checks may still refuse
     return run_parallel(suite, Path(out), argv or sys.argv, executor, show_progress, log_with)
 
 

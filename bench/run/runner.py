@@ -3,11 +3,11 @@ at fixed fractions of it, and writes results so that a killed suite resumes wher
 
 Per run (see bench/results/schema.py for the files): build the base model (identical for every run), the reward,
 the method; evaluate the base model (fraction 0) on every prompt of the evaluated splits; then repeat outer
-steps — each timed and charged to the meter — evaluating whenever a budget fraction k/points is crossed.
-Budgets are matched exactly (docs/protocol.md): an outer step is started only if a step as costly as the
-costliest one so far still fits within the budget plus BUDGET_TOLERANCE, so no run ends more than 0.5% past
-its budget; the final evaluation is taken where the run stops and labelled fraction 1 (its `budget_used`
-says how much was really spent). Then save the trained adapter and write summary.json last.
+steps — each timed and charged to the meter — evaluating whenever a fraction of its evaluation schedule is crossed (bench/run/config.py eval_schedule).
+Budgets are matched exactly (docs/protocol.md, bench/run/budget.py): an outer step is started only if it is
+predicted to fit within the budget plus 0.5%; a time budget's first step is taken once uncharged (the warm-up) and
+its last one may be smaller; the final evaluation is taken where the run stops and labelled fraction 1 (its
+`budget_used` says how much was really spent). Then save the trained adapter and write summary.json last.
 
 Mid-run checkpoints (bench/run/checkpoint.py) are saved at every evaluation point and every `checkpoint.every_steps`
 steps / `checkpoint.every_minutes` minutes. A run folder without summary.json is an interrupted attempt: with a
@@ -41,10 +41,13 @@ from bench.registry.lookup import metric_class, model_builder, reward_class
 from bench.results import io as results
 from bench.results import schema
 from bench.results.locks import file_lock, run_lock
+from bench.results.scores import write_scores
 from bench.run import checkpoint
+from bench.run.budget import StopRule, warm_up
 from bench.run.config import (
     SuiteConfig,
     eval_prompts,
+    eval_schedule,
     images_per_prompt,
     method_config,
     metrics_for,
@@ -56,11 +59,12 @@ from bench.run.evaluate import evaluate, image_grid_png, prepare_references
 from bench.run.standardise import standardise
 from bench.run.trackers import RunLog
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
 first 16 prompts of two splits, denoiser-only compute, budgets overshot by up to one step. 2: three splits,
-every prompt evaluated, every module's FLOPs charged, budgets matched within BUDGET_TOLERANCE."""
-BUDGET_TOLERANCE = 0.005  # a run may end at most this fraction past its budget
+every prompt evaluated, every module's FLOPs charged, budgets matched within BUDGET_TOLERANCE. 3: the dense early
+evaluation schedule, per-image scores kept, time budgets with an uncharged warm-up; count budgets charge the
+algorithm, not the sampler's checkpoint recomputation (counted apart), and kl-to-base includes the final step."""
 
 
 def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:
@@ -94,6 +98,7 @@ def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show
     validate(suite)
     out = Path(out)
     if dist.is_main:
+        results.writable_folder(out)
         write_manifest(suite, out, argv or sys.argv)
     dist.barrier()
     specs = suite_specs(suite)
@@ -239,6 +244,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     meter = ComputeMeter()
     policy = model_builder(suite.model.name)(suite.model, meter).to(device)
     reward = reward_class(reward_name)(device, meter)
+    reward.autocast_dtype = suite.model.dtype  # a GPU scores in the model's dtype (bench/core/reward.py)
     metrics = build_metrics(suite, reward_name, reward, device, meter)
     splits, eval_splits, per_prompt = eval_setup(suite)
     standardise([reward, *metrics.values()], policy, suite.sampler, splits["train"], suite.eval.seed,
@@ -248,7 +254,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     if dist.is_main:
         results.write_json_atomic(run_dir / "config.json", config)
 
-    budget, points, every = suite.budget, suite.eval.points, suite.checkpoint
+    budget, schedule, every = suite.budget, eval_schedule(suite.eval), suite.checkpoint
     reported = suite.eval.splits[-1]  # the split shown in sample grids and summary.json (test, or validation)
     label = f"{method} {reward_name} s{seed}"
 
@@ -259,9 +265,12 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         on_progress(budget.spent(counters) / budget.amount, f"{label}: evaluating {points_text} "
                     f"({sum(len(p) for p in eval_splits.values())} prompts, every metric)")
         if dist.is_main:
-            rows, images = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+            reward.autocast_dtype = None  # every metric is evaluated in full precision, the training reward too
+            rows, images, scores = evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
+            reward.autocast_dtype = suite.model.dtype
             checkpoint.fault("evaluation")
             used = budget.spent(counters) / budget.amount
+            write_scores(run_dir, step, fractions, used, scores, eval_splits)
             results.append_jsonl(run_dir / "eval.jsonl", [
                 schema.EvalRow(step=step, fraction=f, budget_used=used, **_compute_columns(counters), **row).to_json()
                 for f in fractions for row in rows])
@@ -277,9 +286,13 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     if dist.is_main:
         prepare_references(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed + 1)
     counters = dist.sum(meter.counters())  # compute of every process together
+    warmup = 0.0
     if resume is None:
         final = eval_at([0.0], 0)
-        done_points, costliest, elapsed = set(), 0.0, 0.0  # costliest: the largest cost of one outer step so far
+        done, rule, elapsed = set(), StopRule(budget), 0.0  # done: the schedule's fractions evaluated so far
+        if budget.kind == "seconds":  # CUDA start-up, kernel selection, compilation: before the clock starts
+            on_progress(0.0, f"{label}: warm-up step (uncharged, undone)")
+            warmup = warm_up(policy, algo, meter)
     else:
         if dist.is_main:  # the base evaluation's effect on every per-prompt cache (text embeddings), uncharged
             evaluate(policy, suite.sampler, eval_splits, metrics, per_prompt, suite.eval.seed)
@@ -288,23 +301,24 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             checkpoint.cut_logs(run_dir, progress["logs"])
         dist.barrier()
         counters = dist.sum(meter.counters())
-        done_points, costliest, final = set(progress["done_points"]), progress["costliest"], progress["final"]
-        elapsed = progress["elapsed"]
+        done, final = set(progress.get("done_fractions") or [i / suite.eval.points for i in
+                                                              progress.get("done_points", [])]), progress["final"]
+        rule, elapsed, warmup = StopRule.from_state(budget, progress), progress["elapsed"], progress.get("warmup", 0.0)
     t_start = time.perf_counter() - elapsed  # wall time of every attempt together
     last_save = time.monotonic()
     on_progress(budget.spent(counters) / budget.amount, f"{label}: training")
-    limit = budget.amount * (1 + BUDGET_TOLERANCE)
     step = with_term_logs(algo, reward, dist)
-    while budget.spent(counters) + costliest <= limit and budget.spent(counters) < budget.amount:
+    # bench/run/budget.py: a step starts only if it fits; a time budget's last step may be smaller
+    while (share := rule.next_step(budget.spent(counters), algo.step_parts())) > 0:
         before = budget.spent(counters)
         nfe_before = counters["nfe"]
         with meter.timing():
-            logs = step()
+            logs = step() if share >= 1 else step(fraction=share)
         counters = dist.sum(meter.counters())
         if counters["nfe"] == nfe_before:
             raise BenchError(f"{method}: an outer step charged no compute; the run could never end")
-        costliest = max(costliest, budget.spent(counters) - before)
-        if algo.steps_done == 1 and budget.spent(counters) > limit:
+        rule.record(budget.spent(counters) - before, share)
+        if algo.steps_done == 1 and budget.spent(counters) > rule.limit:
             raise BenchError(f"{method}: one outer step costs {budget.spent(counters):.4g} {budget.kind}, more than "
                              f"the whole budget ({budget.text}); give a larger --budget or a smaller batch")
         frac = budget.spent(counters) / budget.amount
@@ -312,21 +326,21 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             row = schema.TrainRow(algo.steps_done, frac, counters, logs).to_json()
             results.append_jsonl(run_dir / "train.jsonl", [row])
             log.train(row)
-        crossed = [i for i in range(1, points) if i not in done_points and frac >= i / points - 1e-9]
+        crossed = [f for f in schedule[:-1] if f not in done and frac >= f - 1e-9]  # the last: where it stops
         if crossed:
-            done_points.update(crossed)
-            final = eval_at([i / points for i in crossed], algo.steps_done)
+            done.update(crossed)
+            final = eval_at(crossed, algo.steps_done)
         by_time = every.every_minutes > 0 and time.monotonic() - last_save >= 60 * every.every_minutes
         if (crossed or (every.every_steps > 0 and algo.steps_done % every.every_steps == 0)
                 or (every.every_minutes > 0 and dist.sum({"due": float(by_time)})["due"] > 0)):  # all decide alike
             checkpoint.save(run_dir, config, policy, algo, meter, {
-                "done_points": sorted(done_points), "costliest": costliest, "final": final,
+                "done_fractions": sorted(done), **rule.state(), "final": final, "warmup": warmup,
                 "elapsed": time.perf_counter() - t_start}, dist)
             last_save = time.monotonic()
         on_progress(frac, f"{label}: step {algo.steps_done}, batch mean {reward_name} "
                           f"{logs.get('reward_mean', float('nan')):.3g}")
     # The last evaluation point is where the run stopped: the next step would not have fit in the budget.
-    final = eval_at([i / points for i in range(1, points + 1) if i not in done_points], algo.steps_done)
+    final = eval_at([f for f in schedule if f not in done], algo.steps_done)
 
     if dist.is_main:
         from safetensors.torch import save_file
@@ -335,7 +349,7 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
         results.write_json_atomic(run_dir / "summary.json", schema.Summary(
             steps=algo.steps_done, counters=counters, budget_used=budget.spent(counters) / budget.amount,
             reported_split=reported, final=final, wall_seconds=time.perf_counter() - t_start,
-            processes=dist.world).to_json())
+            processes=dist.world, warmup_seconds=warmup).to_json())
         (run_dir / checkpoint.FILE).unlink(missing_ok=True)  # summary.json, written last, marks the run done
     dist.barrier()
 
@@ -346,9 +360,9 @@ def with_term_logs(algo, reward: Reward, dist: Dist):
     if not isinstance(reward, Combined):
         return algo.step
 
-    def step() -> dict:
+    def step(fraction: float = 1.0) -> dict:
         with reward.recording() as sums:
-            logs = algo.step()
+            logs = algo.step() if fraction >= 1 else algo.step(fraction=fraction)
         return {**logs, **term_means(dist.sum(sums))}
 
     return step

@@ -13,7 +13,7 @@ from bench.core.errors import BenchError
 from bench.run.executors import ExecutorConfig, raise_failures, ray_threads, run_on_ray
 from bench.sweep.outputs import save_settings, write_outputs
 from bench.sweep.protocol import SweepSettings, metric_direction, validate_sweep
-from bench.sweep.study import open_study, run_study, trial_line
+from bench.sweep.study import open_study, planned_trials, run_study, trial_line
 
 
 # ---- bench sweep --executor ray -------------------------------------------------------------------------------
@@ -72,15 +72,17 @@ def run_sweep(s: SweepSettings, out: Path, argv: list[str], show_progress: bool 
                       disable=not show_progress) as progress:
             for m in s.methods:
                 for r in s.rewards:
-                    task = progress.add_task(f"{m} on {r}", total=s.trials)
+                    total = [planned_trials(s, m, r)]  # widening may add trials: the bar's total follows
+                    task = progress.add_task(f"{m} on {r}", total=total[0])
 
                     def report(done: int, number: int, folder: str, values: dict, attrs: dict, best_value: float,
-                               m=m, r=r, task=task):
-                        progress.update(task, completed=done)
+                               m=m, r=r, task=task, total=total):
+                        total[0] = max(total[0], done)
+                        progress.update(task, completed=done, total=total[0])
                         progress.console.print(trial_line(s, m, r, number, folder, values, attrs, best_value),
                                                soft_wrap=True)
 
                     run_study(s, m, r, out, argv, report)
-                    progress.update(task, completed=s.trials)
+                    progress.update(task, completed=total[0])
                     write_outputs(out, s)  # a partial sweep already has its selections
         return write_outputs(out, s)

@@ -62,7 +62,9 @@ def final_suites(sweep_dir: Path, seeds: list[int], methods: list[str] | None, s
         for m in methods:
             if tuned not in selected[m]:
                 raise BenchError(f"{sweep_dir / 'selected.json'} has no selection of {m} trained on {tuned}")
-            for name, value in selected[m][tuned]["values"].items():
+            # the selection made at the budget the runs report at, where the sweep made one; else its longest
+            chosen = (selected[m][tuned].get("by_budget") or {}).get(s.budget, selected[m][tuned])
+            for name, value in chosen["values"].items():
                 suite.method_sets.setdefault(m, {})[name] = value_text(value)
         suites[r] = suite
     return suites

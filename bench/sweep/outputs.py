@@ -4,6 +4,7 @@ prompts (see bench/sweep/protocol.py for the protocol)."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import asdict
@@ -102,46 +103,107 @@ def summarise(trials: list[dict], higher: bool) -> tuple[dict | None, dict]:
                     "selected": " ".join(f"{k}={_fmt(v)}" for k, v in (chosen or {}).get("values", {}).items())}
 
 
+def scores_of(trial: dict, s: SweepSettings) -> dict[str, float]:
+    """A trial's score at every reported budget (a sampled study's trials know only the run's last point)."""
+    raw = trial.get("scores") or {s.reported[-1]: trial["score"]}
+    return {b: (v if isinstance(v, (int, float)) else math.nan) for b, v in raw.items()}
+
+
+def selection(trials: list[dict], s: SweepSettings, budget: str, higher: bool, knobs: dict) -> dict | None:
+    """The selection at one reported budget with its flags: `tie` when the margin over the runner-up is below
+    the winner's standard error (they cannot be told apart), `edges` where a selected value is the lowest or
+    highest value tried for its knob (with the next value out, or None where none exists)."""
+    from bench.sweep.design import edges, step_out
+
+    scored = [(scores_of(t, s).get(budget, math.nan), t) for t in trials]
+    scored = sorted(((v, t) for v, t in scored if math.isfinite(v)), key=lambda vt: (-vt[0] if higher else vt[0],
+                                                                                    vt[1]["trial"]))
+    if not scored:
+        return None
+    (score, best), runner = scored[0], scored[1] if len(scored) > 1 else None
+    se = ((best.get("ses") or {}).get(budget))
+    se = se if isinstance(se, (int, float)) and math.isfinite(se) else math.nan
+    margin = abs(score - runner[0]) if runner else math.nan
+    at_edge = edges(best["values"], [t["values"] for t in trials])
+    return {"values": best["values"], "score": score, "se": se, "trial": best["trial"],
+            "seed_scores": (best.get("seed_scores_by_budget") or {}).get(budget, best.get("seed_scores")),
+            "folder": best.get("folder"), "margin": margin,
+            "tie": bool(runner) and math.isfinite(se) and margin < se,
+            "runner_up": {"trial": runner[1]["trial"], "values": runner[1]["values"], "score": runner[0]}
+            if runner else None,
+            "edges": {k: {"side": side, "next": step_out(k, knobs.get(k), [
+                t["values"][k] for t in trials if k in t["values"]], best["values"][k])}
+                for k, side in at_edge.items()}}
+
+
 def write_outputs(out: Path, s: SweepSettings) -> str:
     """selected.json, sensitivity.md/.csv and trials.csv from the studies; returns the Markdown table."""
     selected: dict[str, dict] = {}
     table, every = [], []
     for (m, r), trials in trial_records(out, s).items():
-        chosen, row = summarise(trials, metric_direction(s.select[r]))
-        table.append({"method": m, "reward": r, "metric": s.select[r], **row})
-        if chosen is not None:
+        higher = metric_direction(s.select[r])
+        _, row = summarise(trials, higher)
+        knobs = free_knobs(m, base_suite(s, [m], r, s.sweep_seeds))
+        by_budget = {b: sel for b in s.reported if (sel := selection(trials, s, b, higher, knobs)) is not None}
+        final = by_budget.get(s.reported[-1])
+        if final is not None:
             selected.setdefault(m, {})[r] = {
-                "values": chosen["values"], "score": chosen["score"], "trial": chosen["trial"],
-                "seed_scores": chosen.get("seed_scores"), "folder": f"trials/{m}__{folder_name(r)}/{chosen['folder']}",
-                "rule": RULE, "selection_metric": s.select[r], "split": SPLIT}
-        every += [{"method": m, "reward": r, "trial": t["trial"], "folder": t.get("folder"),
-                   "values": " ".join(f"{k}={v}" for k, v in t["values"].items()), "score": t["score"],
-                   "hacked": "" if t.get("hacked") is None else ",".join(t["hacked"]) or "no",
-                   "error": t.get("error") or ""} for t in trials]
+                **final, "folder": f"trials/{m}__{folder_name(r)}/{final['folder']}", "rule": RULE,
+                "selection_metric": s.select[r], "split": SPLIT, "by_budget": by_budget}
+        for b, sel in by_budget.items():
+            table.append({"method": m, "reward": r, "budget": b, "metric": s.select[r], **row,
+                          "selected": " ".join(f"{k}={_fmt(v)}" for k, v in sel["values"].items()),
+                          "score": sel["score"], "se": sel["se"], "tie": sel["tie"],
+                          "edges": ",".join(f"{k}:{e['side']}" + ("" if e["next"] is not None else "(exhausted)")
+                                            for k, e in sel["edges"].items())})
+        for t in trials:
+            scores = scores_of(t, s)
+            every.append({"method": m, "reward": r, "trial": t["trial"], "folder": t.get("folder"),
+                          "values": json.dumps(t["values"], sort_keys=True), "score": t["score"],
+                          **{f"score@{b}": scores.get(b, math.nan) for b in s.reported},
+                          **{f"se@{b}": (t.get("ses") or {}).get(b) for b in s.reported},
+                          **{f"seeds@{b}": json.dumps((t.get("seed_scores_by_budget") or {}).get(b) or
+                                                      t.get("seed_scores") or {}) for b in s.reported},
+                          "hacked": "" if t.get("hacked") is None else ",".join(t["hacked"]) or "no",
+                          "error": t.get("error") or ""})
     write_json_atomic(out / "selected.json", {
         "rule": RULE, "selection_metric": s.select, "split": SPLIT, "sweep_seeds": s.sweep_seeds,
-        "model": s.model, "budget": s.budget, "trials": s.trials, "sampler": s.sampler, "methods": selected})
+        "model": s.model, "budget": s.budget, "budgets": s.reported, "trials": s.trials, "sampler": s.sampler,
+        "lr_points": s.lr_points, "methods": selected})
     _write_csv(out / "sensitivity.csv", table)
     _write_csv(out / "trials.csv", every)
     metrics = ", ".join(f"{m} {'↑' if metric_direction(m) else '↓'} (training on {r})" for r, m in s.select.items())
+    design = (f"the protocol's design ({s.lr_points} learning rates x each method's own knobs, edges widened)"
+              if s.sampler == "protocol" else f"{s.trials} trials per method ({s.sampler})")
     md = [f"Selection by {metrics} on the {SPLIT} prompts, sweep seeds {','.join(map(str, s.sweep_seeds))}; "
-          f"{s.trials} trials per method ({s.sampler}), {s.budget} per run. Rule: {RULE}.", "",
-          "| method | reward | metric | trials | stopped | min | median | max | hacked | selected |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          f"{design}, {s.budget} per run, selected at {', '.join(s.reported)}. Rule: {RULE}.", "",
+          "| method | reward | budget | trials | stopped | min | median | max | hacked | selected | score ± se | "
+          "tie | at an edge |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table:
         hacked = "n/a" if row["hacked"] is None else f"{row['hacked']:.0%}"
-        md.append(f"| {row['method']} | {row['reward']} | {row['metric']} | {row['trials']} | {row['stopped']} | "
-                  f"{_fmt(row['min'])} | {_fmt(row['median'])} | {_fmt(row['max'])} | {hacked} | {row['selected']} |")
-    md += ["", "min / median / max: the trials' selection scores; stopped: trials ended by a non-finite loss (scored "
-           "worst); hacked: share of trials in which some seed's run raised the training reward while another "
-           "metric got worse beyond its CI on the validation prompts (bench.analysis.judge); every trial is in trials.csv."]
+        md.append(f"| {row['method']} | {row['reward']} | {row['budget']} | {row['trials']} | {row['stopped']} | "
+                  f"{_fmt(row['min'])} | {_fmt(row['median'])} | {_fmt(row['max'])} | {hacked} | {row['selected']} "
+                  f"| {_fmt(row['score'])}{_pm(row['se'])} | {'tie' if row['tie'] else ''} | "
+                  f"{row['edges']} |")
+    md += ["", "min / median / max: the trials' selection scores at the run's length; stopped: trials ended by a "
+           "non-finite loss (scored worst); hacked: share of trials in which some seed's run raised the training "
+           "reward while another metric got worse beyond its CI on the validation prompts (bench.analysis.judge); "
+           "tie: the selection's margin over the runner-up is below its standard error; at an edge: a selected "
+           "value is the lowest or highest tried for its knob ((exhausted): no value beyond it); every trial is "
+           "in trials.csv."]
     text = "\n".join(md) + "\n"
     _write_text(out / "sensitivity.md", text)
     return text
 
 
 def _fmt(x: Any) -> str:
-    return "–" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}" if isinstance(x, float) \
+        else str(x)
+
+
+def _pm(se: Any) -> str:
+    """' ± se', or nothing where the score has no standard error (one sweep seed and no per-image scores)."""
+    return f" ± {se:.4g}" if isinstance(se, float) and math.isfinite(se) else ""
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -44,13 +44,16 @@ from bench.results.io import read_jsonl
 if TYPE_CHECKING:  # bench.core.method imports torch; this module stays light for the report
     from bench.core.method import Knob
 
-SAMPLERS = ("tpe", "grid", "random")
+SAMPLERS = ("protocol", "tpe", "grid", "random")
+"""protocol: the designed trials of bench/sweep/design.py (the same learning-rate grid for every method, crossed
+with its own knobs; edges widened); tpe, grid, random: `trials` Optuna trials over each method's knob ranges."""
 SQLITE_BUSY_TIMEOUT_S = 600  # how long a write to optuna.db waits for another process's (parallel studies)
 SPLIT = "validation"
 SWEEP_SPLITS = ("train", SPLIT)
-RULE = ("score = mean over sweep seeds of the selection metric on the validation split at the run's last "
-        "evaluation point; the best score in the metric's direction wins, ties to the earlier trial; a trial "
-        "stopped by a non-finite loss scores worst")
+RULE = ("score = mean over sweep seeds of the selection metric on the validation split at the evaluation point of "
+        "each reported budget; the best score in the metric's direction wins, ties to the earlier trial; a margin "
+        "over the runner-up below the winner's standard error is flagged a tie; a trial stopped by a non-finite "
+        "loss scores worst")
 
 
 @dataclass
@@ -68,7 +71,24 @@ class SweepSettings:
     """Selection metric by training reward (selection_metric, or --select)."""
     sets: list[str] = field(default_factory=list)
     device: str = "auto"
+    budgets: list[str] = field(default_factory=list)
+    """Reported budgets, each selected on separately from the same trials, which run to the largest (`budget`);
+    empty: `budget` alone."""
+    lr_points: int = 5
+    """protocol sampler: points of the shared learning-rate grid (bench/sweep/design.py)."""
 
+    @property
+    def reported(self) -> list[str]:
+        """The budgets a selection is made at, smallest first (the last is the trials' length, `budget`)."""
+        from bench.core.compute import Budget
+
+        return sorted(self.budgets or [self.budget], key=lambda b: Budget.parse(b).amount)
+
+    def fraction(self, budget: str) -> float:
+        """Where `budget` falls in a trial run of `self.budget`."""
+        from bench.core.compute import Budget
+
+        return Budget.parse(budget).amount / Budget.parse(self.budget).amount
 
 def selection_metric(model: str, reward: str) -> str:
     """The model's declared selection metric, unless that is the training reward or one it optimises (a term of a
@@ -94,12 +114,14 @@ def metric_direction(metric: str) -> bool:
 
 def method_knobs(method: str, suite) -> dict[str, Knob]:
     """Absolute knob ranges of a registered entry under the suite's `--set`s (which may move a relative range,
-    e.g. ROCM's β, centred on D × β where the per-dimension divergence applies to a D-dimensional latent)."""
+    e.g. ROCM's β, centred on D × β where the per-dimension divergence applies to a D-dimensional latent) and
+    its sampler (a range that follows sampler.steps, e.g. DRaFT-K's K in 1 … N-1)."""
     from bench.registry.catalog import latent_dims
-    from bench.run.config import method_config
+    from bench.run.config import apply_model_defaults, method_config
 
+    apply_model_defaults(suite)  # the model's own sampler settings where --set gives none (idempotent)
     _, cfg = method_config(method, suite)
-    return dict(cfg.resolved_knobs(latent_dims(suite.model.name, suite.model.resolution)))
+    return dict(cfg.resolved_knobs(latent_dims(suite.model.name, suite.model.resolution), suite.sampler.steps))
 
 
 def free_knobs(method: str, suite) -> dict[str, Knob]:
@@ -193,19 +215,26 @@ def base_suite(s: SweepSettings, methods: list[str], reward: str, seeds: list[in
 
 
 def trial_suite(s: SweepSettings, method: str, reward: str, values: dict[str, Any]):
+    from bench.run.config import eval_schedule
+
     suite = base_suite(s, [method], reward, s.sweep_seeds)
     suite.eval.splits = SWEEP_SPLITS  # never the test prompts
+    # every reported budget is an evaluation point of the trial's run
+    suite.eval.fractions = tuple(sorted(set(eval_schedule(suite.eval)) | {s.fraction(b) for b in s.reported}))
     for name, value in values.items():
         suite.method_sets.setdefault(method, {})[name] = value_text(value)
     return suite
 
 
-def run_score(run_dir: Path, metric: str, higher: bool) -> float:
-    """The selection metric on the validation split at the run's last evaluation point."""
+def run_score(run_dir: Path, metric: str, higher: bool, fraction: float = 1.0) -> float:
+    """The selection metric on the validation split at the run's evaluation point of `fraction` (1: the last)."""
     rows = [r for r in read_jsonl(run_dir / "eval.jsonl") if r.get("split") == SPLIT and r.get("metric") == metric]
     if not rows:
         raise BenchError(f"{run_dir}: no {SPLIT} evaluation of '{metric}' (is it in eval.metrics?)")
-    last = max(rows, key=lambda r: r["fraction"])
+    at = [r for r in rows if abs(r["fraction"] - fraction) < 1e-9]
+    if not at:
+        raise BenchError(f"{run_dir}: no {SPLIT} evaluation at {fraction:.4g} of the budget")
+    last = at[-1]  # a resumed run may hold a row twice: the later counts
     if last.get("higher_is_better") is not None and bool(last["higher_is_better"]) != higher:
         raise BenchError(f"{run_dir}: '{metric}' rows disagree with its registered direction")
     return float("nan") if last["value"] is None else float(last["value"])
@@ -257,10 +286,19 @@ def validate_sweep(s: SweepSettings) -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise BenchError("bench sweep runs in one process, not under accelerate launch (bench run --from-sweep can)")
-    if s.trials < 1:
-        raise BenchError(f"--trials must be >= 1, got {s.trials}")
     if s.sampler not in SAMPLERS:
         raise unknown_name("sampler", s.sampler, SAMPLERS)
+    if s.sampler != "protocol" and s.trials < 1:
+        raise BenchError(f"--trials must be >= 1, got {s.trials}")
+    if s.sampler == "protocol" and len(s.sweep_seeds) < 2:
+        raise BenchError("the tuning protocol scores every trial over >= 2 sweep seeds (--sweep-seeds 100,101)")
+    if s.lr_points < 2:
+        raise BenchError(f"--lr-points must be >= 2, got {s.lr_points}")
+    from bench.core.compute import Budget
+
+    kinds = {Budget.parse(b).kind for b in [s.budget, *s.budgets]}
+    if len(kinds) > 1 or (s.budgets and s.budget != s.reported[-1]):
+        raise BenchError(f"--budgets {','.join(s.budgets)}: one unit, and the trials' --budget is the largest")
     if not s.methods:
         raise BenchError("no methods given: e.g. --methods rocm-kl,ddpo,d3po (see `bench ls`)")
     if not s.sweep_seeds:

@@ -27,6 +27,7 @@ import torch
 from bench.core.errors import BenchError
 from bench.core.policy import ModelConfig
 from bench.prompts.testbed import PRETRAIN_IMAGES
+from bench.results.io import writable_folder
 from bench.testbed.distill import DistillConfig, distill
 from bench.testbed.evaluators import EvaluatorConfig, train_classifier, train_features
 from bench.testbed.generator import GeneratorSpec, PretrainConfig, pretrain
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.resolve() == WEIGHTS_DIR.resolve() and not args.replace_shipped:
         raise BenchError(f"--out {args.out} is the shipped testbed weights, which every published number was made "
                          f"with; write elsewhere, or pass --replace-shipped to overwrite them")
+    writable_folder(args.out)
     torch.set_num_threads(args.threads)
     build_all(args.out, args.seed, args.quick, reuse_teacher=args.reuse_teacher,
               only=tuple(x.strip() for x in args.only.split(",") if x.strip()), remeasure=args.remeasure)
