@@ -102,6 +102,9 @@ class _CLIPReward(Reward):
         return (CLIPModel.from_pretrained(model_dir), CLIPTokenizer.from_pretrained(proc_dir),
                 ClipProcessing.from_file(proc_dir / "preprocessor_config.json"))
 
+    def clear_prompt_cache(self) -> None:
+        self._text_cache.clear()
+
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """B prompts -> (B, D) unit text embeddings, computed once per distinct prompt."""

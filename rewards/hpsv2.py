@@ -70,6 +70,9 @@ class HPSv2(Reward):
         model.load_state_dict(state["state_dict"])  # strict, as hpsv2's score() loads it
         return model
 
+    def clear_prompt_cache(self) -> None:
+        self._text_cache.clear()
+
     @torch.no_grad()
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """B prompts -> (B, D) unit text features, once per distinct prompt."""

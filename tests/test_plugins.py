@@ -207,3 +207,11 @@ def test_api_exports_only_what_it_imports():
 
     assert set(api.__all__) == {n for n in vars(api) if not n.startswith("_")}
     assert torch.is_tensor(RednessReward()(torch.rand(2, 3, 4, 4), ["a", "b"]))
+
+
+def test_a_plugin_as_a_term_of_an_objective(registries):
+    """A plugin's import path inside an expression is registered under its declared name, which names the runs."""
+    name = lookup.find("reward", "z(tests.test_plugins:RednessReward)+0.5*brightness")
+    assert name == "z(redness)+0.5*brightness" and registries.REWARDS["redness"] == "tests.test_plugins:RednessReward"
+    cls = lookup.reward_class(name)
+    assert cls.differentiable and list(cls.objective.labels) == ["z(redness)", "brightness"]

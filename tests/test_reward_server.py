@@ -231,3 +231,23 @@ def test_killed_server_stops_the_run_and_the_suite_resumes(serve, tmp_path):
     (run_dir,) = run_suite(suite, out, show_progress=False)
     assert (run_dir / "summary.json").exists()
     assert (run_dir.parent / f"{run_dir.name}.interrupted-1" / "train.jsonl").exists()
+
+
+def test_a_served_reward_as_a_term_of_an_objective(serve):
+    """`brightness+0.5*http://…/jpeg-incompressibility`: scores the weighted sum of the in-process rewards, policy-
+    gradient methods take it, first-order ones refuse it naming the served term."""
+    server = serve()
+    expression = f"brightness+0.5*{server.url}"
+    x = images()
+    prompts = [f"p{i}" for i in range(len(x))]
+    got = reward_class(expression)()(x, prompts)
+    expected = reward_class("brightness")()(x, prompts) + 0.5 * reward_class(NAME)()(x, prompts)
+    assert torch.allclose(got, expected, rtol=1e-6, atol=0)  # the served term scores exactly; float32 sum rounding
+    for method, ok in (("ddpo", True), ("rocm-kl", False)):
+        suite = SuiteConfig(methods=[method], rewards=[expression], seeds=[0], budget=Budget.parse("50nfe"),
+                            model=ModelConfig(name="tiny"))
+        if ok:
+            validate(suite)
+        else:
+            with pytest.raises(BenchError, match=f"its term {server.url} is not"):
+                validate(suite)

@@ -76,8 +76,10 @@ def swept(tmp_path_factory):
 def test_selection_metric_is_never_the_training_reward():
     assert selection_metric("tiny", "brightness") == "colorfulness"  # the model's declared one
     assert selection_metric("tiny", "colorfulness") == "brightness"  # declared = trained: first other default
-    assert selection_metric("testbed", "testbed-pref") == "testbed-gold"
-    assert selection_metric("testbed", "testbed-gold") == "testbed-align"
+    assert selection_metric("testbed", "testbed-pref") == "testbed-pref-b"  # a second proxy: gold stays unseen
+    assert selection_metric("testbed", "testbed-gold") == "testbed-pref-b"
+    assert selection_metric("testbed", "testbed-pref-b") == "testbed-align"  # declared = trained: first other
+    assert selection_metric("testbed", "z(testbed-pref-b)+testbed-pref") == "testbed-align"  # nor a term
 
 
 def test_grid_is_seeded_and_large_enough():

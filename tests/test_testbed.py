@@ -4,8 +4,11 @@ build pipeline in quick mode."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,10 +31,10 @@ from bench.prompts.testbed import (
 from bench.registry.catalog import MODEL_DEFAULTS
 from bench.registry.lookup import metric_class, model_builder, reward_class
 from bench.testbed.evaluators import attribute_accuracy
-from bench.testbed.nets import WEIGHTS_DIR, AttributeClassifier, ClassifierSpec, load_module
+from bench.testbed.nets import PROXY_B_NAME, WEIGHTS_DIR, AttributeClassifier, ClassifierSpec, load_module
 from bench.testbed.world import attributes, heldout_real
 
-REWARDS = ["testbed-align", "testbed-pref", "testbed-gold"]
+REWARDS = ["testbed-align", "testbed-pref", "testbed-pref-b", "testbed-gold"]
 BAD_PROMPTS = ["a photo of a cat", "a white seven on a white background", "a red seven on a blue wall", ""]
 
 
@@ -169,6 +172,44 @@ def test_shipped_proxy_measurements():
     assert set(proxy["gradient_cosine_at_base"]) == {"pixels", "lora_params"}
 
 
+def test_shipped_second_proxy_measurements():
+    """metrics.json records the second proxy's agreement with gold and with the first proxy on the first proxy's
+    held-out near and far pairs (which neither trained on), from its own labelled pairs (none of the first's)."""
+    metrics = json.loads((WEIGHTS_DIR / "metrics.json").read_text())
+    b, first = metrics["proxy_b"], metrics["proxy"]
+    assert b["train_pairs"] == first["train_pairs"] and b["seed"] != metrics["seed"]
+    assert b["pairs_shared_with_first_proxy"] == 0 and b["generators"] == first["generators"]
+    assert b["near"]["pairs"] == first["test_pairs"] and b["far"]["pairs"] == first["far_pairs"]
+    # the first proxy measured on the same pairs by the proxy-b stage: its own recorded figures
+    assert b["near"]["first_proxy_agreement_with_gold"] == first["proxy_heldout_agreement_with_gold"]
+    assert b["far"]["first_proxy_agreement_with_gold"] == first["proxy_far_agreement_with_gold"]
+    for where in ("near", "far"):
+        m, n = b[where], b[where]["pairs"]
+        wrong_a, wrong_b = 1 - m["first_proxy_agreement_with_gold"], 1 - m["agreement_with_gold"]
+        # Each figure is a float32 mean of n 0/1 values (n <= 1000: exact counts, one rounding each, ~6e-8), so
+        # the identities of the counts hold to 1e-6: disagreement = exactly one errs = wrong_a + wrong_b - 2 both.
+        assert 1 - m["agreement_with_first_proxy"] == pytest.approx(wrong_a + wrong_b - 2 * m["both_wrong"], abs=1e-6)
+        assert m["both_wrong_if_independent"] == pytest.approx(wrong_a * wrong_b, abs=1e-6)
+        assert 0 < m["both_wrong"] <= min(wrong_a, wrong_b) and m["agreement_with_first_proxy"] < 1  # errs elsewhere
+        # As good a judge as the first: the two agreements with gold differ by less than twice the sum of their
+        # binomial standard errors over n pairs (a difference the pair sample alone would give ~5% of the time).
+        se = sum((p * (1 - p) / n) ** 0.5 for p in (wrong_a, wrong_b))
+        assert abs(wrong_a - wrong_b) < 2 * se, (where, m, se)
+    assert b["near"]["agreement_with_gold"] > b["far"]["agreement_with_gold"]  # exploitable far away, as the first
+    assert set(b["gradient_cosine_at_base"]) == {"pixels", "lora_params", "first_pixels", "first_lora_params"}
+    assert (WEIGHTS_DIR / f"{PROXY_B_NAME}.safetensors").is_file()
+
+
+def test_second_proxy_reward_loads_and_differs_from_the_first():
+    from bench.testbed.rewards import TestbedPref, TestbedPrefB
+
+    images, prompts = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)), TRAIN_PROMPTS[:6]
+    a, b = TestbedPref()(images, prompts), TestbedPrefB()(images, prompts)
+    assert TestbedPrefB.differentiable and b.shape == (6,) and not torch.allclose(a, b)
+    defaults = MODEL_DEFAULTS["testbed"]
+    assert defaults["select"] == "testbed-pref-b" in defaults["metrics"] and defaults["rater"] == "testbed-gold"
+
+
 def test_shipped_generator_draws_prompted_digit():
     """Quality target of the testbed issue: at 4 steps >= 90% of samples show the prompted digit and colours
     (>= 0.85 here, allowing for the noise of 64 samples)."""
@@ -176,17 +217,91 @@ def test_shipped_generator_draws_prompted_digit():
     assert acc["all"] >= 0.85, acc
 
 
-def test_build_quick(tmp_path):
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory) -> tuple[Path, dict]:
+    """Every stage of `bench testbed build --quick` into a fresh folder (~20 s): (folder, metrics)."""
     from bench.testbed.build import build_all
+
+    out = tmp_path_factory.mktemp("quick") / "full"
+    return out, build_all(out, seed=0, quick=True, log=lambda *_: None)
+
+
+def test_build_quick(quick_build):
     from bench.testbed.model import load
 
-    metrics = build_all(tmp_path, seed=0, quick=True, log=lambda *_: None)
+    out, metrics = quick_build
     assert metrics["quick"] and set(metrics["weights_bytes"]) == {
-        f"{n}.safetensors" for n in ("generator", "teacher", "classifier", "features", "gold", "proxy")}
-    assert (tmp_path / "metrics.json").is_file()
-    policy = load(ModelConfig(name="testbed", lora_rank=0), weights_dir=tmp_path)
+        f"{n}.safetensors" for n in ("generator", "teacher", "classifier", "features", "gold", "proxy", "proxy_b")}
+    assert (out / "metrics.json").is_file()
+    assert set(metrics["timings_s"]) == {"evaluators", "pretrain", "distill", "quality", "proxy", "proxy-b", "total"}
+    policy = load(ModelConfig(name="testbed", lora_rank=0), weights_dir=out)
     images = sample(policy, TRAIN_PROMPTS[:2], SamplerConfig(steps=2), torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 3, 16, 16)
+
+
+def test_build_one_stage_alone(quick_build, tmp_path):
+    """One stage alone, into a copy of the folder, from the weights it holds: the second proxy's stage redraws the
+    first proxy's generators and pairs, and writes the very bytes the whole build wrote; no other file changes. The
+    quality table of bit-identical weights is taken, not measured again; --remeasure measures the same numbers."""
+    from bench.testbed.build import build_all
+
+    full, metrics = quick_build
+    shutil.copytree(full, tmp_path / "stage")
+    (tmp_path / "stage" / "proxy_b.safetensors").unlink()
+    again = build_all(tmp_path / "stage", seed=0, quick=True, log=lambda *_: None, only=("proxy-b",))
+    digests = {d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.glob("*.safetensors")}
+               for d in (full, tmp_path / "stage")}
+    assert digests[tmp_path / "stage"] == digests[full]
+    timeless = lambda d: {k: v for k, v in d.items() if k != "seconds"}
+    assert timeless(again["proxy_b"]) == timeless(metrics["proxy_b"]) and again["stages_run"] == ["proxy-b"]
+    kept = json.loads((full / "metrics.json").read_text())["generator_quality"]
+    assert json.dumps(again["generator_quality"]) == json.dumps(kept)  # the folder's, kept (NaN != NaN: as text)
+
+    logs = []
+    taken = build_all(tmp_path / "stage", seed=0, quick=True, log=logs.append, only=("quality",))
+    assert json.dumps(taken["generator_quality"]) == json.dumps(kept) and any("is taken" in x for x in logs)
+    fresh = build_all(tmp_path / "stage", seed=0, quick=True, log=lambda *_: None, only=("quality",), remeasure=True)
+    no_time = lambda t: json.dumps({s: ({r: {k: v for k, v in row.items() if k != "seconds"} for r, row in rows.items()}
+                                        if s in ("train", "heldout") else rows) for s, rows in t.items()})
+    assert no_time(fresh["generator_quality"]) == no_time(kept)
+
+
+def test_second_proxy_figures_are_what_its_weights_give(quick_build):
+    """The quick build's `proxy_b` agreement figures, recomputed from the two proxies' weights files it wrote and
+    the first proxy's held-out near and far pairs drawn again (bench/testbed/build.py draws them the same way):
+    equal. Each figure is a count over at most 32 pairs divided by their number, so two ways of computing it agree
+    to float64 rounding (1e-15), far below the 1/32 between two possible values."""
+    from bench.testbed.build import BuildConfig
+    from bench.testbed.model import WEIGHTS_NAME, load_parts, policy_from
+    from bench.testbed.nets import PreferenceNet, PreferenceSpec, load_weights
+    from bench.testbed.preference import gold_of, proxy_data
+
+    out, metrics = quick_build
+    cfg = BuildConfig.quick()
+    student, text, spec = load_parts(out, WEIGHTS_NAME)
+    policy = policy_from(student, text, spec, ModelConfig(name="testbed", lora_rank=0))
+    torch.manual_seed(0)
+    data = proxy_data(policy, gold_of(load_weights("gold", out)[0]["templates"]), cfg.preference,
+                      torch.Generator().manual_seed(2), log=lambda *_: None)
+    first, second = (load_module(n, PreferenceNet, PreferenceSpec, out)[0] for n in ("proxy", PROXY_B_NAME))
+
+    def prefers_a(net, pairs) -> list[bool]:
+        onehot = attributes(pairs.prompts).one_hot()
+        with torch.no_grad():
+            return (net(pairs.a, onehot) > net(pairs.b, onehot)).tolist()
+
+    share = lambda flags: sum(flags) / len(flags)
+    for where, pairs in (("near", data.heldout), ("far", data.far)):
+        truth, a, b = (pairs.margin > 0).tolist(), prefers_a(first, pairs), prefers_a(second, pairs)
+        got = metrics["proxy_b"][where]
+        assert got["pairs"] == len(truth)
+        assert got["agreement_with_gold"] == pytest.approx(share([x == t for x, t in zip(b, truth)]), abs=1e-12)
+        assert got["first_proxy_agreement_with_gold"] == pytest.approx(
+            share([x == t for x, t in zip(a, truth)]), abs=1e-12)
+        assert got["agreement_with_first_proxy"] == pytest.approx(share([x == y for x, y in zip(a, b)]), abs=1e-12)
+        assert got["both_wrong"] == pytest.approx(
+            share([x != t and y != t for x, y, t in zip(a, b, truth)]), abs=1e-12)
+    assert metrics["proxy_b"]["pairs_shared_with_first_proxy"] == 0  # its own labelled pairs
 
 
 def test_shipped_weights_are_small():
@@ -226,3 +341,27 @@ def test_reuse_teacher_without_a_teacher_fails_before_writing(tmp_path):
     with pytest.raises(BenchError, match="no teacher.safetensors"):
         build_all(tmp_path / "w", quick=True, reuse_teacher=True, log=lambda *_: None)
     assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_stage_or_a_stage_without_its_inputs_fails_in_one_line(tmp_path, bench_cli):
+    from tests.conftest import assert_one_line_error
+
+    code, _, err = bench_cli("testbed", "build", "--out", str(tmp_path / "w"), "--only", "proxy-c")
+    assert_one_line_error(code, err, "unknown testbed build stage 'proxy-c'; the stages are evaluators, pretrain")
+    assert not (tmp_path / "w").exists()
+    code, _, err = bench_cli("testbed", "build", "--out", str(tmp_path / "w"), "--only", "proxy-b")
+    assert_one_line_error(code, err, "testbed weights not found")  # it reads the generator from --out
+
+
+def test_teacher_samples_do_not_depend_on_the_batch():
+    """The quality table's teacher rows are drawn in batches of QualityConfig.teacher_batch: its only noise is drawn
+    per batch in order (CPU randn chunks concatenate), and a UNet forward's rows do not depend on the batch, so the
+    batch changes the cost, never the images (bit for bit)."""
+    from bench.testbed.generator import teacher_sample
+    from bench.testbed.model import TEACHER_NAME, load_parts
+
+    unet, text, spec = load_parts(None, TEACHER_NAME)
+    prompts = [TRAIN_PROMPTS[i % len(TRAIN_PROMPTS)] for i in range(40)]
+    draw = lambda batch: teacher_sample(unet, text, prompts, 3, 2.0, torch.Generator().manual_seed(0),
+                                        spec.prediction_type, batch)
+    assert torch.equal(draw(40), draw(16))

@@ -56,8 +56,11 @@ def _at(ev: pd.DataFrame, metric: str, fraction: float) -> tuple[float, float]:
 
 
 def hacking(ev_run: pd.DataFrame, trained: str, split: str, z: float = 1.96, *,
-            rel_tol: float = REL_TOL) -> dict[str, bool]:
-    """For every metric on `split` other than `trained` and kl-to-base: True when the run's last evaluation
+            rel_tol: float = REL_TOL, optimised: Iterable[str] = ()) -> dict[str, bool]:
+    """For every metric on `split` other than `trained`, the `optimised` ones (the terms of a weighted sum of
+    rewards and the rewards inside z(...): bench.core.objective.trained_metrics; a term that falls while the sum
+    rises is the trade-off the objective asked for, which the report's Pareto plot shows) and kl-to-base: True
+    when the run's last evaluation
     point, compared with fraction 0 (the base model), has the training reward improved (in its direction, by
     any amount) AND that metric worse (in its own direction) by more than z·√(se₀² + se₁²).
 
@@ -68,7 +71,7 @@ def hacking(ev_run: pd.DataFrame, trained: str, split: str, z: float = 1.96, *,
     (nothing trained) gives False for every metric.
     """
     ev = points(ev_run, split)
-    others = [m for m in dict.fromkeys(ev["metric"]) if m not in (trained, KL)]
+    others = [m for m in dict.fromkeys(ev["metric"]) if m not in (trained, KL, *optimised)]
     flags = dict.fromkeys(others, False)
     if ev.empty or not (ev["fraction"] == 0).any():
         return flags
@@ -110,11 +113,14 @@ def reported_split(splits: Iterable[str]) -> str | None:
     return next((s for s in REPORTED_SPLITS if s in present), None)
 
 
-def selection_metric(trained: str, available: Iterable[str], preferred: str | None = None) -> str | None:
-    """The metric to select and early-stop by: `preferred` (the model's MODEL_DEFAULTS "select") unless it is
-    the training reward itself or was not evaluated, else the first available metric other than the training
-    reward and kl-to-base; None when there is none."""
-    available = [m for m in available if m not in (trained, KL)]
-    if preferred in available:
-        return preferred
+def selection_metric(trained: str, available: Iterable[str], preferred: str | Iterable[str] | None = None,
+                     optimised: Iterable[str] = ()) -> str | None:
+    """The metric to select and early-stop by: `preferred` (the model's MODEL_DEFAULTS "select"; several: the first
+    of them that qualifies) unless it is the training reward itself, one it optimises (`optimised`, see `hacking`)
+    or was not evaluated, else the first available metric other than those and kl-to-base; None when there is
+    none."""
+    available = [m for m in available if m not in (trained, KL, *optimised)]
+    for choice in [preferred] if isinstance(preferred, str) or preferred is None else list(preferred):
+        if choice in available:
+            return choice
     return available[0] if available else None

@@ -209,6 +209,57 @@ def plot_frontier(ev: pd.DataFrame, runs: pd.DataFrame, reward: str, split: str,
     return fig
 
 
+def final_points(ev: pd.DataFrame, reward: str, split: str, metrics: list[str]) -> pd.DataFrame:
+    """Per run of `reward`: the value of each of `metrics` on `split` at the run's last evaluation point (columns
+    run_id, method, seed, *metrics), and a row with method "" for the base model (fraction 0, mean over runs)."""
+    on = ev[(ev["split"] == split) & (ev["reward"] == reward) & ev["metric"].isin(metrics)]
+    last = on.loc[on.groupby(["run_id", "metric"])["fraction"].idxmax()]
+    runs = last.pivot_table(index=["run_id", "method", "seed"], columns="metric", values="value").reset_index()
+    base = on[on["fraction"] == 0].groupby("metric")["value"].mean()
+    base_row = pd.DataFrame([{"run_id": "", "method": "", "seed": -1, **base.to_dict()}])
+    return pd.concat([runs, base_row], ignore_index=True).reindex(columns=["run_id", "method", "seed", *metrics])
+
+
+def pareto_front(points: np.ndarray, higher: tuple[bool, bool]) -> np.ndarray:
+    """Indices of the points (n, 2) that no other point dominates (at least as good in both coordinates, better in
+    one), in order of the first coordinate; `higher`: whether each coordinate is better high."""
+    signed = points * np.where(higher, 1.0, -1.0)
+    keep = [i for i in range(len(points))
+            if not any(np.all(signed[j] >= signed[i]) and np.any(signed[j] > signed[i]) for j in range(len(points)))]
+    return np.array(sorted(keep, key=lambda i: points[i, 0]), dtype=int)
+
+
+def plot_pareto(ev: pd.DataFrame, reward: str, terms: list[str], split: str, style: Style,
+                hib: dict[str, bool]) -> plt.Figure:
+    """A two-term objective's plane: each method's final point (mean over seeds, 95% CI bars both ways; its seeds
+    faint), the base model, and the dashed front of the methods no other method beats on both terms."""
+    a, b = terms
+    points = final_points(ev, reward, split, terms)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), layout="constrained")
+    means = []
+    for method, g in points[points["method"] != ""].groupby("method"):
+        (xa, ca, _), (xb, cb, _) = mean_ci(g[a]), mean_ci(g[b])
+        colour = style.colour[method]
+        ax.scatter(g[a], g[b], color=colour, alpha=0.3, s=14)
+        ax.errorbar(xa, xb, xerr=None if math.isnan(ca) else ca, yerr=None if math.isnan(cb) else cb, fmt="o",
+                    color=colour, capsize=3, label=style(method, reward)["label"])
+        means.append((xa, xb))
+    base = points[points["method"] == ""]
+    if len(base) and base[[a, b]].notna().all(axis=None):
+        ax.scatter(base[a], base[b], marker="*", s=160, color="0.3", label="base model", zorder=3)
+    if len(means) > 1:
+        arr = np.array(means)
+        front = pareto_front(arr, (hib.get(a, True), hib.get(b, True)))
+        ax.plot(arr[front, 0], arr[front, 1], linestyle="--", color="0.5", linewidth=1, label="front (means)")
+    ax.set(xlabel=ylabel(a, hib), ylabel=ylabel(b, hib))
+    ax.set_title(f"trained on {reward}\neach method's last point on {SPLIT_TEXT.get(split, split)} prompts: "
+                 f"mean ± 95% CI over seeds (seeds faint)", fontsize="medium")
+    ax.grid(alpha=0.3)
+    if ax.collections:
+        ax.legend(fontsize="small")
+    return fig
+
+
 def _symlog_threshold(reach: np.ndarray) -> float | None:
     """Where a frontier's x axis turns logarithmic, or None for a linear one, from each run's largest √KL.
     An unregularised run can drift a hundred times further from the base model than the regularised ones; on a

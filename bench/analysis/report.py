@@ -8,6 +8,8 @@ Everything goes into SUITE/report unless told otherwise, each file written atomi
   bench.analysis.table): per metric the reported split's value at each run's last evaluation point, the peak of
   the selection metric and the KL where it peaked, and the metrics hacked (bench.analysis.judge) in a majority of seeds;
 - ``frontier_<reward>.png``: every other metric against √KL from the base model, per seed (Gao et al. 2022);
+- ``pareto_<reward>.png``: for a training reward that is a sum of two terms (``pickscore+0.5*hpsv2``), each
+  method's last point in the plane of the two terms, the base model and the front of the undominated methods;
 - ``metric_<name>.png``: the reported split's value against compute, one line per (method, reward), 95% CI band;
 - ``overfitting.png``: the training reward on train prompts (solid) and the reported split (dashed);
 - ``reward_vs_divergence.png``: the training reward on the reported split against the KL from the base model;
@@ -47,6 +49,7 @@ from bench.analysis.plots import (
     plot_frontier,
     plot_metric,
     plot_overfitting,
+    plot_pareto,
     plot_reward_vs_divergence,
     sample_grid,
     save_fig,
@@ -54,6 +57,7 @@ from bench.analysis.plots import (
 from bench.analysis.ranking import final_scores
 from bench.analysis.table import GROUP, KL, build_table, display_table, latex_table, markdown_table, pm
 from bench.core.errors import BenchError
+from bench.core.objective import parse, trained_metrics
 from bench.registry.catalog import MODEL_DEFAULTS
 from bench.results import schema
 from bench.results.io import read_json, read_jsonl, write_bytes_atomic
@@ -151,6 +155,18 @@ def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
         else:
             notes.append(f"frontier_{_safe(reward)}.png skipped: no `{KL}` or no metric other than the "
                          f"training reward on the {split} split")
+    paretos = []
+    for reward in dict.fromkeys(runs["reward"]):
+        terms = objective_terms(reward)
+        if len(terms) != 2:
+            continue
+        shown = set(ev.loc[(ev["reward"] == reward) & (ev["split"] == split), "metric"])
+        if set(terms) <= shown:
+            paretos.append(save_fig(plot_pareto(ev, reward, terms, split, style, hib),
+                                    out_dir / f"pareto_{_safe(reward)}.png"))
+        else:
+            notes.append(f"pareto_{_safe(reward)}.png skipped: {' or '.join(t for t in terms if t not in shown)} "
+                         f"not evaluated on the {split} split")
     plots = [save_fig(plot_metric(ev, m, xcol, split, style, hib, runs), out_dir / f"metric_{_safe(m)}.png")
              for m in metrics]
     plots.append(save_fig(plot_overfitting(ev, runs, xcol, split, style, hib), out_dir / "overfitting.png"))
@@ -164,11 +180,11 @@ def build_report(suite_dir: Path, out_dir: Path | None = None) -> list[Path]:
         fig = sample_grid(g.sort_values("seed").iloc[0], ev, xcol, notes)
         if fig is not None:
             grids.append(save_fig(fig, out_dir / f"grid_{_safe(method)}__{_safe(reward)}.png"))
-    written += frontiers + plots + grids
+    written += frontiers + paretos + plots + grids
     legend = LEGEND.format(split=split, meaning=SPLIT_MEANING[split], kl=KL, rel=judge.REL_TOL,
                            select=", ".join(f"{s} for {r}" for r, s in select.items() if s) or "none")
     index = index_markdown(suite_dir, manifest, runs, markdown_table(header, cells, best), legend,
-                           frontiers, plots, grids, notes)
+                           frontiers, plots, grids, notes, paretos)
     from bench.human_eval.analysis import add_section, report_section  # torch-free; nothing without votes
 
     human, human_files = report_section(suite_dir, out_dir)
@@ -242,10 +258,21 @@ def read_manifest(suite_dir: Path, notes: list[str]) -> schema.Manifest:
 
 
 def metric_order(ev: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
-    """Training rewards first (in the order of the runs), then the other metrics alphabetically."""
+    """Training rewards first (in the order of the runs), each followed by its terms when it is a weighted sum of
+    rewards (one column per term), then the other metrics alphabetically."""
     metrics = sorted(ev["metric"].unique())
-    rewards = [r for r in dict.fromkeys(runs["reward"]) if r in metrics]
-    return rewards + [m for m in metrics if m not in rewards]
+    first = [m for r in dict.fromkeys(runs["reward"]) for m in [r, *objective_terms(r)] if m in metrics]
+    first = list(dict.fromkeys(first))
+    return first + [m for m in metrics if m not in first]
+
+
+def objective_terms(reward: str) -> list[str]:
+    """The terms' metric names of a weighted sum of rewards (bench/core/objective.py); [] for any other reward."""
+    try:
+        obj = parse(reward)
+    except BenchError:
+        return []
+    return [t for t in obj.labels if t != reward] if obj is not None else []
 
 
 def higher_is_better(ev: pd.DataFrame) -> dict[str, bool]:
@@ -265,10 +292,14 @@ def x_column(runs: pd.DataFrame, ev: pd.DataFrame) -> str:
 
 def selection_metrics(runs: pd.DataFrame, ev: pd.DataFrame, manifest: schema.Manifest) -> dict[str, str | None]:
     """Per training reward, the metric the peak column reports (bench.analysis.judge.selection_metric): the model's
-    MODEL_DEFAULTS "select" unless it is that reward or was not evaluated, else the first other metric."""
+    MODEL_DEFAULTS "select" unless it is that reward, one the reward optimises, or was not evaluated; then its
+    "rater" (a folder made before the testbed selected by testbed-pref-b selected by the gold); else the first
+    other metric."""
     model = manifest.model or next((m for m in runs["model"] if isinstance(m, str)), None)
-    preferred = MODEL_DEFAULTS.get(model, {}).get("select") if model else None
-    return {r: judge.selection_metric(r, metric_order(ev[ev["reward"] == r], runs), preferred)
+    defaults = MODEL_DEFAULTS.get(model, {}) if model else {}
+    preferred = [m for m in (defaults.get("select"), defaults.get("rater")) if m]
+    return {r: judge.selection_metric(r, metric_order(ev[ev["reward"] == r], runs), preferred,
+                                      optimised=trained_metrics(r))
             for r in dict.fromkeys(runs["reward"])}
 
 
@@ -283,7 +314,8 @@ def protocol(manifest: schema.Manifest, runs: pd.DataFrame) -> int:
 # --------------------------------------------------------------------------------------------------- index
 
 def index_markdown(suite_dir: Path, manifest: schema.Manifest, runs: pd.DataFrame, table_md: str, legend: str,
-                   frontiers: list[Path], plots: list[Path], grids: list[Path], notes: list[str]) -> str:
+                   frontiers: list[Path], plots: list[Path], grids: list[Path], notes: list[str],
+                   paretos: list[Path] = ()) -> str:
     lines = [f"# Benchmark report: {suite_dir.resolve().name}", "", *protocol_lines(manifest, runs),
              *manifest_lines(manifest, runs), "", "## Results", "", table_md, legend, ""]
     if frontiers:
@@ -292,6 +324,12 @@ def index_markdown(suite_dir: Path, manifest: schema.Manifest, runs: pd.DataFram
                   "budget order; the dotted line is the base model. A better-regularised method gains more "
                   "before its curve turns down, or never turns down.", ""]
         lines += [f"![{p.stem}]({p.name})\n" for p in frontiers]
+    if paretos:
+        lines += ["## Two-term objectives", "", ("Each method's last evaluation point in the plane of the two terms "
+                  "it was trained on (mean over seeds with 95% CI bars, the seeds faint), the base model (star), and "
+                  "the dashed front of the methods that no other beats on both terms: which trade-off each method "
+                  "bought, not only how much of the weighted sum."), ""]
+        lines += [f"![{p.stem}]({p.name})\n" for p in paretos]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})\n" for p in plots]
     if grids:
         lines += ["## Samples", ""] + [f"![{g.stem}]({g.name})\n" for g in grids]

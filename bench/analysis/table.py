@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.analysis import judge
+from bench.core.objective import trained_metrics
 
 GROUP = ["method", "reward"]
 KL = judge.KL
@@ -44,7 +45,7 @@ def judge_runs(runs: pd.DataFrame, ev: pd.DataFrame, split: str, select: dict[st
         mine = ev[ev["run_id"] == run.run_id]
         metric = select.get(run.reward)
         top = judge.peak(mine, metric, split) if metric else {"value": math.nan, "fraction": math.nan, "kl": math.nan}
-        flags = judge.hacking(mine, run.reward, split)
+        flags = judge.hacking(mine, run.reward, split, optimised=trained_metrics(run.reward))
         rows.append({"run_id": run.run_id, "peak_value": top["value"], "peak_fraction": top["fraction"],
                      "peak_kl": top["kl"], "hacked": ";".join(m for m, f in flags.items() if f)})
     return pd.DataFrame(rows, columns=["run_id", "peak_value", "peak_fraction", "peak_kl", "hacked"])

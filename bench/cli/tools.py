@@ -164,10 +164,14 @@ def testbed_build(out: Path = typer.Option(Path("testbed-weights"), help="Folder
                                                                  "(skips the 22-minute pre-training)."),
                   replace_shipped: bool = typer.Option(False, "--replace-shipped", help="Allow --out to be the "
                                                        "package's shipped weights, which every published number "
-                                                       "was made with.")) -> None:
-    """Rebuild every testbed weight from scratch (generator, distillation, classifier, proxy, FID features) into
-    --out; compare with the shipped ones by their sha256 (bench/testbed/weights/metrics.json)."""
+                                                       "was made with."),
+                  only: str = typer.Option("", help="Comma-separated stages to run alone (evaluators, pretrain, "
+                                                    "distill, quality, proxy, proxy-b), reading the weights they "
+                                                    "need from --out, e.g. a copy of the shipped folder.")) -> None:
+    """Rebuild every testbed weight from scratch (generator, distillation, classifier, both proxies, FID features)
+    into --out; compare with the shipped ones by their sha256 (bench/testbed/weights/metrics.json)."""
     from bench.testbed.build import main as build_main
 
     build_main(["--out", str(out), "--seed", str(seed), "--threads", str(threads), *(["--quick"] if quick else []),
-                *(["--reuse-teacher"] if reuse_teacher else []), *(["--replace-shipped"] if replace_shipped else [])])
+                *(["--reuse-teacher"] if reuse_teacher else []), *(["--replace-shipped"] if replace_shipped else []),
+                *(["--only", only] if only else [])])

@@ -62,8 +62,11 @@ def one_of(kind: str, value: str, choices) -> None:
         raise unknown_name(kind, value, list(choices))
 
 
-def require_differentiable(method: str, reward: str, differentiable: bool) -> None:
-    """First-order methods back-propagate through the reward: refuse a non-differentiable one up front."""
+def require_differentiable(method: str, reward: str, differentiable: bool, terms: tuple[str, ...] = ()) -> None:
+    """First-order methods back-propagate through the reward: refuse a non-differentiable one up front. `terms`:
+    the terms of a reward expression that are not differentiable (bench/core/combine.py), named in the error."""
     if not differentiable:
+        which = f" (its term {', '.join(terms)} is not)" if terms else ""
         raise BenchError(f"method '{method}' back-propagates through the reward, but reward '{reward}' is not "
-                         f"differentiable; use a differentiable reward or a policy-gradient method (ddpo, d3po)")
+                         f"differentiable{which}; use a differentiable reward or a policy-gradient method "
+                         f"(ddpo, d3po)")

@@ -49,6 +49,11 @@ class Reward:
             return torch.autocast("cuda", dtype=getattr(torch, self.autocast_dtype))
         return torch.autocast("cpu", enabled=False)
 
+    def clear_prompt_cache(self) -> None:
+        """Forget what `prompt_forward` cached (a reward that caches per prompt overrides this), so that the next
+        use of each prompt is computed, and charged, again: uncharged work done before training (a standardised
+        reward's normaliser, bench/run/standardise.py) then leaves the run's charges as they would have been."""
+
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3 or len(prompts) != images.shape[0]:
             raise ValueError(f"{self.name}: expected (B, 3, H, W) images and B prompts, got "

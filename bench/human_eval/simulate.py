@@ -2,10 +2,10 @@
 
 `bench human-eval SUITE --simulate N --noise σ` serves the app on a free loopback port and casts N votes. For
 each pair it fetches the two images the page would show (PNG, as a rater sees them), scores them with the
-model's gold metric (the registry's `select` metric: testbed-gold on the testbed), and prefers the left image
-when  g_left - g_right + σ·ε > 0  (ε ~ N(0, 1), drawn per vote from `seed`), with a tie when that noisy
-difference is within `tie_margin`. A rater who has judged every item hands over to the next one (sim-1,
-sim-2, ...), so N larger than the number of items gives overlapping raters and an inter-rater agreement.
+model's gold metric (the registry's `rater` metric, else its `select` one: testbed-gold on the testbed), and
+prefers the left image when  g_left - g_right + σ·ε > 0  (ε ~ N(0, 1), drawn per vote from `seed`), with a
+tie when that noisy difference is within `tie_margin`. A rater who has judged every item hands over to the next
+one (sim-1, sim-2, ...), so N larger than the number of items gives overlapping raters and an inter-rater agreement.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class SimConfig:
     noise: float = 0.0
     """σ: standard deviation of the Gaussian noise added to each vote's gold difference (in the metric's units)."""
     metric: str = ""
-    """Per-image metric that plays the rater (empty: the model's `select` metric, e.g. testbed-gold)."""
+    """Per-image metric that plays the rater (empty: the model's `rater` metric, e.g. testbed-gold, else `select`)."""
     tie_margin: float = 0.0
     """A noisy difference within ±tie_margin is voted a tie."""
     seed: int = 0
@@ -59,7 +59,8 @@ def simulate(base_url: str, model: str, cfg: SimConfig, token: str | None = None
         raise BenchError(f"--simulate must be >= 1 votes, got {cfg.votes}")
     if cfg.noise < 0:
         raise BenchError(f"--noise must be >= 0, got {cfg.noise}")
-    metric = cfg.metric or MODEL_DEFAULTS.get(model, {}).get("select", "")
+    defaults = MODEL_DEFAULTS.get(model, {})
+    metric = cfg.metric or defaults.get("rater") or defaults.get("select", "")
     cls = metric_class(metric) if metric else None
     if cls is None or not issubclass(cls, Reward):
         raise BenchError(f"the simulated rater needs a per-image metric; '{metric or '(none)'}' is not one "

@@ -25,12 +25,16 @@ MODELS: dict[str, str] = {
 
 # Per-model defaults: training reward, prompt set, evaluation metrics (all computed at every evaluation point), and
 # `select`: the metric `bench sweep` selects configurations by on the validation split — never the training reward
-# (on the testbed the hidden gold, the analogue of a small human study; on real models a reward other than the one
-# trained on: HPSv2 when training on PickScore, PickScore when training on anything else); `sampler`: the model's
-# own sampler settings where `--set` gives none (the testbed LCM was distilled over guidance scales 1-3). Per-step
-# gradient checkpointing is a memory trick (its recomputation is counted apart and charged to no count budget,
-# docs/protocol.md §3): off where a step's activations fit in memory many times over (tiny, tiny-vae, the testbed:
-# no recomputation time), on for the 512-px models, whose ROCM step would otherwise hold N UNets' activations.
+# nor one it optimises (a term of a weighted sum, the reward inside z(...)): on real models a reward other than the
+# one trained on (HPSv2 when training on PickScore, PickScore when training on anything else), on the testbed
+# likewise a second preference proxy, testbed-pref-b, so that its hidden gold stays reported only; `rater`: the
+# metric that stands in for human judgement (`bench human-eval --simulate` votes with it; the report's peak column
+# falls back on it in folders that did not evaluate `select`: testbed folders made when the testbed selected by its
+# gold); `sampler`: the model's own sampler settings where `--set` gives none (the testbed LCM was distilled over
+# guidance scales 1-3). Per-step gradient checkpointing is a memory trick (its recomputation is counted apart and
+# charged to no count budget, docs/protocol.md §3): off where a step's activations fit in memory many times over
+# (tiny, tiny-vae, the testbed: no recomputation time), on for the 512-px models, whose ROCM step would otherwise
+# hold N UNets' activations.
 _SMALL_SAMPLER = {"checkpointing": False}
 _REAL_SAMPLER = {"checkpointing": True}
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -39,8 +43,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny-vae": {"reward": "brightness", "prompts": "tiny", "metrics": ["brightness", "colorfulness", "jpeg-compressibility", "diversity"],
                  "select": "colorfulness", "latent": (4, 2, 64), "sampler": _SMALL_SAMPLER},
     "testbed": {"reward": "testbed-pref", "prompts": "testbed",
-                "metrics": ["testbed-align", "testbed-pref", "testbed-gold", "testbed-fid", "testbed-diversity"],
-                "select": "testbed-gold", "latent": (3, 1, 16),
+                "metrics": ["testbed-align", "testbed-pref", "testbed-pref-b", "testbed-gold", "testbed-fid",
+                            "testbed-diversity"],
+                "select": "testbed-pref-b", "rater": "testbed-gold", "latent": (3, 1, 16),
                 "sampler": {"guidance_scale": 2.0, **_SMALL_SAMPLER}},
     "lcm-dreamshaper-v7": {"reward": "pickscore", "prompts": "animals", "metrics": ["pickscore", "hpsv2", "imagereward", "clip", "fid"],
                            "select": "hpsv2", "latent": (4, 8, 512), "resizable": True, "sampler": _REAL_SAMPLER},
@@ -102,6 +107,7 @@ REWARDS: dict[str, str] = {
     "jpeg-incompressibility": "rewards.toy:JpegIncompressibility",
     "testbed-align": "bench.testbed.rewards:TestbedAlign",
     "testbed-pref": "bench.testbed.rewards:TestbedPref",
+    "testbed-pref-b": "bench.testbed.rewards:TestbedPrefB",
     "testbed-gold": "bench.testbed.rewards:TestbedGold",
     "pickscore": "rewards.clip_models:PickScore",
     "clip": "rewards.clip_models:ClipScore",

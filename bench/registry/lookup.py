@@ -1,6 +1,10 @@
 """Lookups in the registries (bench/registry/catalog.py): a user-given name, an installed entry point or a
 `package.module:Name` import path -> the registered name, its class or builder (imported on use), or the
 did-you-mean error. Plugins are registered on first use and checked against the contracts (plugins.py).
+
+A reward or metric may also be a reward expression (bench/core/objective.py): `z(NAME)` or a weighted sum such
+as `pickscore+0.5*z(hpsv2)`, each NAME any of the above or a reward-server URL. `find` gives its canonical
+spelling with every term resolved, `reward_class` / `metric_class` its class (bench/core/combine.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def find(kind: str, name: str) -> str:
     bench/registry/plugins.py); otherwise the did-you-mean error."""
     from bench.registry.plugins import registry_of, resolve
 
+    if kind in ("reward", "metric") and (obj := expression(name)) is not None:
+        return resolved(kind, obj).text
     if kind in ("reward", "metric") and is_remote(name):
         return name  # a reward server's URL names itself (rewards/remote.py, docs/reward-server.md)
     found = resolve(kind, name)
@@ -75,9 +81,56 @@ def is_remote(name: str) -> bool:
     return name.startswith(("http://", "https://"))
 
 
+def expression(name: str):
+    """The reward expression (bench.core.objective.Objective) `name` spells, or None when it is one name: no
+    `+ * ( )`, or a registered name that contains them (a plugin may be called `a+b`)."""
+    from bench.core.objective import parse
+    from bench.registry.plugins import load_entry_points
+
+    if not any(c in name for c in "+*()"):
+        return None
+    load_entry_points()
+    if name in catalog.REWARDS or name in catalog.SET_METRICS:
+        return None
+    return parse(name)
+
+
+def resolved(kind: str, obj):
+    """`obj` with every term's name replaced by its registry name (a plugin's declared name), each checked; an
+    unknown term is the did-you-mean error, prefixed with the expression."""
+    import dataclasses
+
+    from bench.core.errors import BenchError
+    from bench.core.objective import Objective
+
+    terms = []
+    for t in obj.terms:
+        try:
+            terms.append(dataclasses.replace(t, name=find(kind, t.name)))
+        except BenchError as e:
+            raise BenchError(f"in reward '{obj.text}': {e}") from None
+    labels = [t.label for t in terms]
+    if len(set(labels)) < len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise BenchError(f"bad reward expression '{obj.text}': {twice} appears twice; give it one weight")
+    return Objective(tuple(terms))
+
+
+def expression_class(kind: str, obj) -> type:
+    """The Reward class of a reward expression: z(NAME) terms standardised, then the weighted sum."""
+    from bench.core.combine import combined_class, standardised_class
+
+    obj = resolved(kind, obj)
+    lookup = reward_class if kind == "reward" else metric_class
+    classes = [standardised_class(t.name, lookup(t.name)) if t.standardised else lookup(t.name) for t in obj.terms]
+    return combined_class(obj, classes)
+
+
 def reward_class(name: str) -> type:
     from bench.registry.plugins import checked
 
+    if (obj := expression(name)) is not None:
+        return expression_class("reward", obj)
     if is_remote(name):
         return _import("rewards.remote:remote_class")(name)
     target = catalog.REWARDS[find("reward", name)]
@@ -87,6 +140,8 @@ def reward_class(name: str) -> type:
 def metric_class(name: str) -> type:
     from bench.registry.plugins import checked
 
+    if (obj := expression(name)) is not None:
+        return expression_class("metric", obj)
     if is_remote(name):
         return reward_class(name)
     name = find("metric", name)

@@ -140,7 +140,7 @@ def register(kind: str, target: str, name: str | None = None) -> str:
 
 
 def model_defaults(name: str) -> None:
-    """A plugin model builder's optional `defaults` dict (reward, prompts, metrics, select, latent: the keys of
+    """A plugin model builder's optional `defaults` dict (reward, prompts, metrics, select, rater, latent: the keys of
     bench/registry/catalog.py MODEL_DEFAULTS) into MODEL_DEFAULTS, unless it has an entry already."""
     from bench.registry.catalog import MODEL_DEFAULTS, MODELS
 

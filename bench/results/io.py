@@ -10,18 +10,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from bench.core.errors import BenchError
+from bench.core.objective import folder_name
 
 
 def run_id(method: str, reward: str, seed: int) -> str:
-    """A reward-server URL (http://127.0.0.1:8000/NAME) becomes one path component: http-127.0.0.1-8000-NAME."""
-    reward = re.sub(r"[^A-Za-z0-9._+-]+", "-", reward)
-    return f"{method}__{reward}__seed{seed}"
+    """The run's folder name. The reward is spelled as one path component (bench.core.objective.folder_name): a
+    reward-server URL (http://127.0.0.1:8000/NAME) becomes http-127.0.0.1-8000-NAME, a reward expression
+    `z(pickscore)+0.5*hpsv2` becomes `z.pickscore+0.5xhpsv2`."""
+    return f"{method}__{folder_name(reward)}__seed{seed}"
 
 
 def _clean(value: Any) -> Any:

@@ -10,6 +10,9 @@ describes every file and field for readers outside Python. The layout of one sui
     SUITE/runs/<run_id>/samples/frac{f:.2f}.png   an image grid of the reported split at each evaluation point
     SUITE/runs/<run_id>/adapter.safetensors       the trained adapter (the policy's trainable state dict)
     SUITE/runs/<run_id>/summary.json    Summary, written last: its presence means the run completed
+    SUITE/standardisation.json          Normaliser per standardised reward z(NAME) the suite used, by name: the
+                                        suite's one record, which every run of it uses
+    SUITE/runs/<run_id>/standardisation.json   the Normalisers this run used (only where it used a z(NAME))
     SUITE/runs/<run_id>/checkpoint.pt   the run's state at its last mid-run checkpoint (bench/run/checkpoint.py),
                                         deleted once summary.json is written; <log>.after-checkpoint: rows a
                                         resume cut from train.jsonl / eval.jsonl
@@ -194,6 +197,50 @@ class RunConfig:
                    method_config=_dict(d.get("method_config")), method_class=str(d.get("method_class") or ""),
                    metrics=_list(d.get("metrics")), prompts=_dict(d.get("prompts")), device=str(d.get("device") or ""),
                    processes=_number(d.get("processes"), int, 1), schema=_number(d.get("schema"), int, 0))
+
+
+@dataclass
+class Normaliser:
+    """One standardised reward's μ₀ and σ₀ (bench/run/standardise.py): z(NAME) = (NAME − mean) / std. A
+    standardisation.json file maps each "z(NAME)" to one of these."""
+
+    reward: str
+    """NAME, the reward standardised."""
+    version: str
+    """NAME's version when it was measured."""
+    mean: float
+    """μ₀: the mean of NAME over the images."""
+    std: float
+    """σ₀: their standard deviation (n − 1 in the denominator)."""
+    n_images: int
+    """Images scored: the same number for every training prompt, at least bench.run.standardise.MIN_IMAGES."""
+    n_prompts: int
+    """Training prompts they were drawn for (every one of the suite's training split)."""
+    seed: int
+    """Seed of their noise (the suite's eval.seed + 2: other noise than the evaluation's and FID's reference)."""
+    model: str = ""
+    """The base model they were drawn from, with its adapters off, through the suite's sampler settings."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, path: Path | str = "standardisation.json") -> Normaliser:
+        d = _dict(data)
+        try:
+            return cls(reward=str(d["reward"]), version=str(d["version"]), mean=float(d["mean"]), std=float(d["std"]),
+                       n_images=int(d["n_images"]), n_prompts=int(d["n_prompts"]), seed=int(d["seed"]),
+                       model=str(d.get("model") or ""))
+        except (KeyError, TypeError, ValueError):
+            raise BenchError(f"bad normaliser in {path}: needs reward, version, mean, std, n_images, n_prompts "
+                             f"and seed") from None
+
+
+def read_normalisers(data: Any, path: Path | str = "standardisation.json") -> dict[str, Normaliser]:
+    """A standardisation.json file's {"z(NAME)": Normaliser}."""
+    if not isinstance(data, dict):
+        raise BenchError(f"bad {path}: expected a JSON object of normalisers by reward")
+    return {str(k): Normaliser.from_json(v, path) for k, v in data.items()}
 
 
 COUNTER_KEYS = ("nfe", "nfe_forward", "nfe_backward", "nfe_recompute", "reward_calls", "images", "seconds", "flops",

@@ -17,10 +17,9 @@ import copy
 import math
 from collections import deque
 
-from bench.core.compute import Budget, ComputeMeter, sync_device
+from bench.core.compute import BUDGET_TOLERANCE, Budget, ComputeMeter, sync_device
 from bench.run import checkpoint
 
-BUDGET_TOLERANCE = 0.005  # a run may end at most this fraction past its budget
 RECENT = 3  # time budgets: the next step is predicted to cost as much as the costliest of the last RECENT
 LAST_STEP_AIM = 0.999  # a partial last step aims at this fraction of the budget (its time is a prediction)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.core.checks import at_least, in_range, one_of, positive, require_differentiable
+from bench.core.combine import non_differentiable_terms
 from bench.core.compute import BUDGET_TOLERANCE, Budget
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError, unknown_name
@@ -207,6 +208,7 @@ def validate(suite: SuiteConfig) -> None:
             raise BenchError(f"--set method.{fname}: no method in this suite has a field '{fname}'")
     for r in suite.rewards:
         reward_class(r)
+    distinct_folders(suite.rewards)
     apply_model_defaults(suite)
     check_sections(suite)
     configs = {}
@@ -215,7 +217,8 @@ def validate(suite: SuiteConfig) -> None:
         cfg.validate(m, suite.sampler)
         if cls.first_order:
             for r in suite.rewards:
-                require_differentiable(m, r, reward_class(r).differentiable)
+                r_cls = reward_class(r)
+                require_differentiable(m, r, r_cls.differentiable, non_differentiable_terms(r_cls))
         configs[m] = cfg
     check_step_fits(suite, configs)
     for metric in metrics_for(suite, suite.rewards[0]):
@@ -228,6 +231,22 @@ def validate(suite: SuiteConfig) -> None:
         if split not in SPLITS:
             raise unknown_name("eval split", split, list(SPLITS))
     split_prompts(suite)  # every split loads (files exist, are not empty)
+
+
+def distinct_folders(rewards: list[str]) -> None:
+    """A training reward given twice (two spellings of one expression), or two whose run folders would be one
+    (bench.results.io.run_id spells `z(a)` as `z.a`, `0.5*a` as `0.5xa` and a URL's '/' and ':' as '-'), is
+    refused before anything is written."""
+    from bench.core.objective import folder_name
+
+    seen: dict[str, str] = {}
+    for i, r in enumerate(rewards):
+        if r in rewards[:i]:
+            raise BenchError(f"reward '{r}' is given twice (spelled alike once its terms are read); give it once")
+        other = seen.setdefault(folder_name(r), r)
+        if other != r:
+            raise BenchError(f"rewards '{other}' and '{r}' would share the run folders *__{folder_name(r)}__seed*; "
+                             f"train on one of them per suite")
 
 
 def check_step_fits(suite: SuiteConfig, configs: dict) -> None:
@@ -320,11 +339,15 @@ def images_per_prompt(n_prompts: int, ev: EvalConfig) -> int:
 
 
 def metrics_for(suite: SuiteConfig, reward: str) -> list[str]:
-    """Metrics computed at every evaluation: the training reward first, then the rest, then kl-to-base."""
+    """Metrics computed at every evaluation: the training reward first, then, for a weighted sum of rewards, each
+    of its terms (bench/core/objective.py), then the rest, then kl-to-base."""
     from bench.registry.catalog import MODEL_DEFAULTS
+    from bench.registry.lookup import expression
 
     chosen = list(suite.eval.metrics) or list(MODEL_DEFAULTS.get(suite.model.name, {}).get("metrics", []))
-    out = [reward] + [m for m in chosen if m != reward]
+    obj = expression(reward)
+    terms = [t for t in obj.labels if t != reward] if obj is not None else []  # each term is its own metric
+    out = list(dict.fromkeys([reward, *terms, *chosen]))
     return out + (["kl-to-base"] if "kl-to-base" not in out else [])
 
 

@@ -31,7 +31,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.core import distributed
-from bench.core.compute import BUDGET_TOLERANCE, ComputeMeter
+from bench.core.combine import Combined, term_means
+from bench.core.compute import ComputeMeter
 from bench.core.device import resolve_device
 from bench.core.distributed import Dist
 from bench.core.errors import BenchError
@@ -55,6 +56,7 @@ from bench.run.config import (
     validate,
 )
 from bench.run.evaluate import evaluate, image_grid_png, prepare_references
+from bench.run.standardise import standardise
 from bench.run.trackers import RunLog
 
 PROTOCOL = 3
@@ -187,13 +189,17 @@ def append_command(suite: SuiteConfig, out: Path, argv: list[str]) -> None:
 
 def build_metrics(suite: SuiteConfig, reward_name: str, reward: Reward, device: torch.device,
                   meter: ComputeMeter) -> dict:
-    """Every metric of the evaluation; the training reward object is reused for its own metric."""
+    """Every metric of the evaluation; the training reward object is reused for its own metric, and a weighted
+    sum's term objects for the terms' (one normaliser per z(NAME) object)."""
     metrics = {}
+    parts = reward.parts if isinstance(reward, Combined) else {}  # a weighted sum's terms, each its own metric
     for name in metrics_for(suite, reward_name):
         if name == "kl-to-base":
             metrics[name] = None  # computed by the evaluation harness from the trajectories
         elif name == reward_name:
             metrics[name] = reward
+        elif name in parts:
+            metrics[name] = parts[name]
         else:
             m_cls = metric_class(name)
             metrics[name] = m_cls(device, meter) if issubclass(m_cls, Reward) else m_cls(device)
@@ -241,6 +247,8 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     reward.autocast_dtype = suite.model.dtype  # a GPU scores in the model's dtype (bench/core/reward.py)
     metrics = build_metrics(suite, reward_name, reward, device, meter)
     splits, eval_splits, per_prompt = eval_setup(suite)
+    standardise([reward, *metrics.values()], policy, suite.sampler, splits["train"], suite.eval.seed,
+                suite.model.name, run_dir, dist)  # z(NAME)'s μ₀, σ₀ on the base model, uncharged
     algo = cls(method, cfg, policy, suite.sampler, reward, splits["train"], torch.Generator().manual_seed(seed), dist)
     config = run_config(suite, method, reward_name, seed, dist, dist_device)
     if dist.is_main:
@@ -299,12 +307,13 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
     t_start = time.perf_counter() - elapsed  # wall time of every attempt together
     last_save = time.monotonic()
     on_progress(budget.spent(counters) / budget.amount, f"{label}: training")
+    step = with_term_logs(algo, reward, dist)
     # bench/run/budget.py: a step starts only if it fits; a time budget's last step may be smaller
     while (share := rule.next_step(budget.spent(counters), algo.step_parts())) > 0:
         before = budget.spent(counters)
         nfe_before = counters["nfe"]
         with meter.timing():
-            logs = algo.step() if share >= 1 else algo.step(fraction=share)
+            logs = step() if share >= 1 else step(fraction=share)
         counters = dist.sum(meter.counters())
         if counters["nfe"] == nfe_before:
             raise BenchError(f"{method}: an outer step charged no compute; the run could never end")
@@ -343,6 +352,20 @@ def run_one(suite: SuiteConfig, method: str, reward_name: str, seed: int, run_di
             processes=dist.world, warmup_seconds=warmup).to_json())
         (run_dir / checkpoint.FILE).unlink(missing_ok=True)  # summary.json, written last, marks the run done
     dist.barrier()
+
+
+def with_term_logs(algo, reward: Reward, dist: Dist):
+    """algo.step, whose logs gain, for a weighted sum of rewards, each term's mean over the images the step scored
+    ("reward/<term>", bench/core/combine.py), over every process."""
+    if not isinstance(reward, Combined):
+        return algo.step
+
+    def step(fraction: float = 1.0) -> dict:
+        with reward.recording() as sums:
+            logs = algo.step() if fraction >= 1 else algo.step(fraction=fraction)
+        return {**logs, **term_means(dist.sum(sums))}
+
+    return step
 
 
 def _compute_columns(counters: dict) -> dict:

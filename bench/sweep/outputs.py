@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.core.objective import folder_name
 from bench.results.io import read_json, write_json_atomic
 from bench.sweep.protocol import (
     RULE,
@@ -147,7 +148,7 @@ def write_outputs(out: Path, s: SweepSettings) -> str:
         final = by_budget.get(s.reported[-1])
         if final is not None:
             selected.setdefault(m, {})[r] = {
-                **final, "folder": f"trials/{m}__{r}/{final['folder']}", "rule": RULE,
+                **final, "folder": f"trials/{m}__{folder_name(r)}/{final['folder']}", "rule": RULE,
                 "selection_metric": s.select[r], "split": SPLIT, "by_budget": by_budget}
         for b, sel in by_budget.items():
             table.append({"method": m, "reward": r, "budget": b, "metric": s.select[r], **row,

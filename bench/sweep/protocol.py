@@ -11,7 +11,8 @@ wins, ties going to the earlier one. The selection metric is never the training 
 A trial whose training stops on a non-finite loss or gradient counts as a trial and scores worst (±inf), so
 every method gets the same number of trials whatever its ranges. Knobs fixed with `--set` are not tuned.
 
-Files (DIR):  sweep.json (settings)  optuna.db  trials/<method>__<reward>/trial-<n>/ (one suite folder each)
+Files (DIR):  sweep.json (settings)  optuna.db  trials/<method>__<reward>/trial-<n>/ (one suite folder each; the
+              reward spelled as in run folders, bench.core.objective.folder_name)
               selected.json (per method and reward: values, score, trial, rule)  sensitivity.md/.csv, trials.csv
 
 Resume: one sweep per DIR at a time (a lock file). Trials a killed sweep left RUNNING are marked failed and
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.core.errors import BenchError, unknown_name
+from bench.core.objective import trained_metrics
 from bench.results.io import read_jsonl
 
 if TYPE_CHECKING:  # bench.core.method imports torch; this module stays light for the report
@@ -89,13 +91,14 @@ class SweepSettings:
         return Budget.parse(budget).amount / Budget.parse(self.budget).amount
 
 def selection_metric(model: str, reward: str) -> str:
-    """The model's declared selection metric, unless that is the training reward: then the first of the model's
-    default metrics that is neither the training reward nor kl-to-base (the report's rule, bench.analysis.judge)."""
+    """The model's declared selection metric, unless that is the training reward or one it optimises (a term of a
+    weighted sum, the reward inside z(...)): then the first of the model's default metrics that is none of those
+    nor kl-to-base (the report's rule, bench.analysis.judge)."""
     from bench.analysis.judge import selection_metric as pick
     from bench.registry.catalog import MODEL_DEFAULTS
 
     defaults = MODEL_DEFAULTS.get(model, {})
-    chosen = pick(reward, defaults.get("metrics", []), defaults.get("select"))
+    chosen = pick(reward, defaults.get("metrics", []), defaults.get("select"), optimised=trained_metrics(reward))
     if chosen is None:
         raise BenchError(f"model '{model}' has no selection metric other than the training reward '{reward}'; "
                          f"pass --select METRIC")
@@ -248,7 +251,8 @@ def hacked_metrics(run_dirs: list[Path], reward: str) -> list[str] | None:
 
     flagged: set[str] = set()
     for d in run_dirs:
-        verdict = hacking(pd.DataFrame(read_jsonl(d / "eval.jsonl")), reward, SPLIT)
+        verdict = hacking(pd.DataFrame(read_jsonl(d / "eval.jsonl")), reward, SPLIT,
+                          optimised=trained_metrics(reward))
         flagged |= {m for m, bad in verdict.items() if bad}
     return sorted(flagged)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.core.errors import BenchError
+from bench.core.objective import folder_name
 from bench.sweep.design import WIDEN_ROUNDS, design, edges, step_out
 from bench.sweep.protocol import (
     SPLIT,
@@ -152,7 +153,7 @@ def run_sampled_study(s: SweepSettings, method: str, reward: str, out: Path, arg
         folder = trial.user_attrs.get("folder", f"trial-{trial.number}")
         trial.set_user_attr("folder", folder)
         attrs = run_trial(s, method, reward, dict(trial.params),
-                          out / "trials" / f"{method}__{reward}" / folder, argv)
+                          out / "trials" / f"{method}__{folder_name(reward)}" / folder, argv)
         for key, value in attrs.items():
             trial.set_user_attr(key, finite_or_none(value))
         study.tell(trial, attrs["score"])

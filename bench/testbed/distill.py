@@ -68,7 +68,7 @@ def distill(teacher: nn.Module, text: TextEncoder, spec: GeneratorSpec, cfg: Dis
     target = copy.deepcopy(student).requires_grad_(False)
     teacher.requires_grad_(False)
     text.requires_grad_(False)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0, foreach=True)  # as per tensor, faster
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.warmup, cfg.steps))
     data = DigitSampler(PRETRAIN_IMAGES, TRAIN_COMBOS)
     n_solver = len(abar) // cfg.skip  # 50 solver timesteps {k-1, 2k-1, ..., 999}

@@ -79,10 +79,18 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.tokenizer = make_tokenizer(spec)
         self.model = build_text_encoder(spec, len(self.tokenizer))
+        self._ids: dict[str, torch.Tensor] = {}  # token ids (L,) per prompt: padded to max_length, so per prompt
+
+    def token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L) token ids, each prompt tokenised once (the pre-training draws 128 prompts of 110 every step)."""
+        new = [p for p in dict.fromkeys(prompts) if p not in self._ids]
+        if new:
+            ids = self.tokenizer(new, padding="max_length", truncation=True, return_tensors="pt").input_ids
+            self._ids.update(zip(new, ids))
+        return torch.stack([self._ids[p] for p in prompts])
 
     def forward(self, prompts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        return self.model(ids)[0]
+        return self.model(self.token_ids(prompts))[0]
 
 
 @dataclass
@@ -106,8 +114,8 @@ def lr_lambda(step: int, warmup: int, total: int) -> float:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
-    for pt, ps in zip(target.parameters(), source.parameters()):
-        pt.lerp_(ps, 1 - decay)
+    """target ← lerp(target, source, 1 − decay), every parameter in one call (the same lerp as per tensor)."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), 1 - decay)
 
 
 def pretrain(spec: GeneratorSpec, cfg: PretrainConfig, seed: int, log=print) -> tuple[nn.Module, TextEncoder]:
@@ -117,7 +125,8 @@ def pretrain(spec: GeneratorSpec, cfg: PretrainConfig, seed: int, log=print) -> 
     unet, text = build_unet(spec, guidance=False), TextEncoder(spec)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    # foreach: one call for every tensor, the same arithmetic as the per-tensor loop (bit-identical), less overhead
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.warmup, cfg.steps))
     data = DigitSampler(PRETRAIN_IMAGES, TRAIN_COMBOS)
     abar = alphas_cumprod()

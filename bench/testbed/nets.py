@@ -25,6 +25,7 @@ from torch import nn
 from bench.core.errors import BenchError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+PROXY_B_NAME = "proxy_b"  # the second preference proxy's weights file (testbed-pref-b); the first's is "proxy"
 N_ATTR = 10 + 4 + 3  # digit, ink, background classes
 
 

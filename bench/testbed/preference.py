@@ -62,6 +62,7 @@ class PreferenceConfig:
     lr: float = 2e-3  # Adam learning rate
     weight_decay: float = 1e-4
     spec: PreferenceSpec = field(default_factory=PreferenceSpec)
+    gradient_images: int = 128  # base samples the gradient cosines are measured at (a measurement only)
 
     @property
     def mid_guidance(self) -> float:
@@ -160,34 +161,82 @@ def far_pairs(base: Policy, n_pairs: int, cfg: PreferenceConfig, gen: torch.Gene
     return a, perturb(data.masks[data.rows_for(attr.digit.tolist(), gen)], attr.ink, attr.bg, gen), prompts
 
 
-def gradient_cosines(net: PreferenceNet, policy: Policy, gold, n: int, cfg: PreferenceConfig, seed: int) -> dict:
+def gradient_cosines(net: PreferenceNet, policy: Policy, gold, n: int, cfg: PreferenceConfig, seed: int,
+                     first: PreferenceNet | None = None) -> dict:
     """Cosine between ∇proxy and ∇gold at base samples: per image in pixels (mean), and of the batch-mean
-    reward in the LoRA parameters through the 4-step sampler (the update direction of a first-order method)."""
+    reward in the LoRA parameters through the 4-step sampler (the update direction of a first-order method).
+    With `first` (another proxy), also between ∇proxy and ∇first ("first_pixels", "first_lora_params")."""
     prompts = [TRAIN_PROMPTS[i % len(TRAIN_PROMPTS)] for i in range(n)]
     onehot = attributes(prompts).one_hot()
+    scorers = {"proxy": lambda im: net(im, onehot), "gold": lambda im: gold(im, prompts)}
+    if first is not None:
+        scorers["first"] = lambda im: first(im, onehot)
     images = _draw(policy, prompts, seed, 4, cfg.mid_guidance).requires_grad_(True)
-    g_proxy = torch.autograd.grad(net(images, onehot).sum(), images)[0].flatten(1)
-    g_gold = torch.autograd.grad(gold(images, prompts).sum(), images)[0].flatten(1)
-    pixel = F.cosine_similarity(g_proxy, g_gold, dim=1).mean().item()
+    pixel = {k: torch.autograd.grad(f(images).sum(), images)[0].flatten(1) for k, f in scorers.items()}
     lora = Policy(copy.deepcopy(policy.unet), policy.text_encoder, policy.tokenizer, policy.scheduler,
                   config=ModelConfig(lora_rank=8), image_size=policy.image_size)
     params = lora.trainable_parameters()
-    flat = []
-    for score in (lambda im: net(im, onehot), lambda im: gold(im, prompts)):
+    flat = {}
+    for k, score in scorers.items():
         with lora.meter.paused():
             im = sample(lora, prompts, SamplerConfig(steps=4, guidance_scale=cfg.mid_guidance),
                         torch.Generator().manual_seed(seed), grad=True).images
-        flat.append(torch.cat([g.flatten() for g in torch.autograd.grad(score(im).mean(), params)]))
-    return {"pixels": round(pixel, 4), "lora_params": round(F.cosine_similarity(*flat, dim=0).item(), 4)}
+        flat[k] = torch.cat([g.flatten() for g in torch.autograd.grad(score(im).mean(), params)])
+    cos = lambda a, b, dim: F.cosine_similarity(a, b, dim=dim)
+    out = {"pixels": round(cos(pixel["proxy"], pixel["gold"], 1).mean().item(), 4),
+           "lora_params": round(cos(flat["proxy"], flat["gold"], 0).item(), 4)}
+    if first is not None:
+        out |= {"first_pixels": round(cos(pixel["proxy"], pixel["first"], 1).mean().item(), 4),
+                "first_lora_params": round(cos(flat["proxy"], flat["first"], 0).item(), 4)}
+    return out
 
 
-def train_proxy(policy: Policy, templates: torch.Tensor, cfg: PreferenceConfig, seed: int,
-                log=print) -> tuple[PreferenceNet, dict]:
-    """-> (proxy, summary: label budget, label noise, near and far agreement with gold, gradient cosines)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed + 2)
+@dataclass
+class Pairs:
+    """Same-prompt image pairs (a, b: (N, 3, 16, 16)) and the gold's margin gold(a) − gold(b) (N,)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    prompts: list[str]
+    margin: torch.Tensor
+
+    def __getitem__(self, rows: slice) -> Pairs:
+        return Pairs(self.a[rows], self.b[rows], self.prompts[rows], self.margin[rows])
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def keys(self) -> set[bytes]:
+        """One key per pair: its prompt and both images' bytes (two pairs share a key only if they are the same)."""
+        return {p.encode() + x.numpy().tobytes() + y.numpy().tobytes() for p, x, y in zip(self.prompts, self.a, self.b)}
+
+
+@dataclass
+class ProxyData:
+    """What the first proxy is trained and measured on, and what the second reuses: the neighbourhood's generators,
+    the near pairs (the first `train_pairs` its training set, the rest held out) with the rater's labels, the far
+    pairs."""
+
+    pool: list[Policy]
+    near: Pairs
+    far: Pairs
+    labels: torch.Tensor
+    train_pairs: int
+
+    @property
+    def heldout(self) -> Pairs:
+        return self.near[self.train_pairs:]
+
+
+def rater_labels(margin: torch.Tensor, temperature: float, gen: torch.Generator) -> torch.Tensor:
+    """The simulated rater's choices (N,): 1 where A is preferred, with probability sigmoid(margin / T)."""
+    return (torch.rand(len(margin), generator=gen) < torch.sigmoid(margin / temperature)).float()
+
+
+def proxy_data(policy: Policy, gold, cfg: PreferenceConfig, gen: torch.Generator, log=print) -> ProxyData:
+    """The first proxy's generators, pairs and labels, drawn from `gen` (seeded seed + 2 after torch.manual_seed(seed):
+    the fine-tuned generators' adapters are initialised from torch's global generator)."""
     t0 = time.time()
-    gold = lambda im, p: gold_score(im, attributes(p), templates, GoldSpec())  # noqa: E731
     pool = [perturbed(policy, cfg.weight_noise * float(torch.rand(1, generator=gen)), gen)
             for _ in range(cfg.generators)]
     for run in range(cfg.finetuned):
@@ -197,34 +246,108 @@ def train_proxy(policy: Policy, templates: torch.Tensor, cfg: PreferenceConfig, 
     fa, fb, fprompts = far_pairs(policy, cfg.far_pairs, cfg, gen)
     log(f"proxy: {len(prompts) + len(fprompts)} pairs drawn ({time.time() - t0:.0f}s)")
     with torch.no_grad():
-        margin = gold(a, prompts) - gold(b, prompts)
-        far_margin = gold(fa, fprompts) - gold(fb, fprompts)
-    labels = (torch.rand(len(prompts), generator=gen) < torch.sigmoid(margin / cfg.label_temperature)).float()
-    onehot = attributes(prompts).one_hot()
-    n = cfg.train_pairs
+        near = Pairs(a, b, prompts, gold(a, prompts) - gold(b, prompts))
+        far = Pairs(fa, fb, fprompts, gold(fa, fprompts) - gold(fb, fprompts))
+    return ProxyData(pool, near, far, rater_labels(near.margin, cfg.label_temperature, gen), cfg.train_pairs)
+
+
+def fit_preference(pairs: Pairs, labels: torch.Tensor, cfg: PreferenceConfig, gen: torch.Generator) -> PreferenceNet:
+    """A PreferenceNet (initialised from torch's global generator) fitted with the Bradley-Terry loss to `labels` of
+    `pairs`, batches drawn from `gen`; returned frozen, in eval mode."""
+    onehot = attributes(pairs.prompts).one_hot()
     net = PreferenceNet(cfg.spec)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(len(pairs), generator=gen)
         for idx in order.split(cfg.batch):
-            logit = net(a[idx], onehot[idx]) - net(b[idx], onehot[idx])  # Bradley-Terry: P(A > B) = σ(r_A - r_B)
+            logit = net(pairs.a[idx], onehot[idx]) - net(pairs.b[idx], onehot[idx])  # Bradley-Terry: σ(r_A - r_B)
             loss = F.binary_cross_entropy_with_logits(logit, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    net.eval().requires_grad_(False)
-    with torch.no_grad():
-        agree = ((net(a, onehot) - net(b, onehot) > 0) == (margin > 0)).float()
-        far_onehot = attributes(fprompts).one_hot()
-        far_agree = ((net(fa, far_onehot) - net(fb, far_onehot) > 0) == (far_margin > 0)).float()
+    return net.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def prefers_a(net: PreferenceNet, pairs: Pairs) -> torch.Tensor:
+    """(N,) bool: whether `net` scores a above b."""
+    onehot = attributes(pairs.prompts).one_hot()
+    return net(pairs.a, onehot) - net(pairs.b, onehot) > 0
+
+
+def train_proxy(policy: Policy, templates: torch.Tensor, cfg: PreferenceConfig, seed: int,
+                log=print) -> tuple[PreferenceNet, dict, ProxyData]:
+    """-> (proxy, summary: label budget, label noise, near and far agreement with gold, gradient cosines, and the
+    data it was trained and measured on, which the second proxy shares)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 2)
+    t0 = time.time()
+    gold = gold_of(templates)
+    data = proxy_data(policy, gold, cfg, gen, log)
+    n, margin, labels = cfg.train_pairs, data.near.margin, data.labels
+    net = fit_preference(data.near[:n], labels[:n], cfg, gen)
+    agree = (prefers_a(net, data.near) == (margin > 0)).float()
+    far_agree = (prefers_a(net, data.far) == (data.far.margin > 0)).float()
     summary = {"train_pairs": n, "test_pairs": cfg.test_pairs, "far_pairs": cfg.far_pairs,
-               "generators": len(pool), "label_temperature": cfg.label_temperature,
+               "generators": len(data.pool), "label_temperature": cfg.label_temperature,
                "mean_abs_gold_margin_near": margin.abs().mean().item(),
                "label_agreement_with_gold": ((labels > 0.5) == (margin > 0)).float()[:n].mean().item(),
                "proxy_train_agreement_with_gold": agree[:n].mean().item(),
                "proxy_heldout_agreement_with_gold": agree[n:].mean().item(),
                "proxy_far_agreement_with_gold": far_agree.mean().item(),
-               "gradient_cosine_at_base": gradient_cosines(net, policy, gold, 128, cfg, seed),
+               "gradient_cosine_at_base": gradient_cosines(net, policy, gold, cfg.gradient_images, cfg, seed),
                "seconds": round(time.time() - t0, 1)}
     log(f"proxy: {summary}")
+    return net, summary, data
+
+
+def gold_of(templates: torch.Tensor):
+    """The gold reward as a function (images, prompts) -> (B,)."""
+    return lambda im, p: gold_score(im, attributes(p), templates, GoldSpec())
+
+
+@dataclass
+class SecondProxyConfig:
+    """`testbed-pref-b`: a second proxy of the first's recipe (PreferenceConfig: architecture, optimiser, epochs)
+    on its own labelled pairs of the same neighbourhood — the same generators — with its own seed: its own pairs,
+    rater noise, initialisation and batch order. It is measured on the first proxy's held-out near and far pairs,
+    which neither trained on, so its agreement with gold and with the first proxy are taken on the same pairs."""
+
+    seed_offset: int = 100  # its seed is the build's seed plus this (the first proxy's is the build's seed)
+    train_pairs: int = 4000  # its label budget, the first proxy's
+    label_temperature: float = 0.03  # its rater's noise, the first proxy's: P(A > B) = sigmoid(Δgold / T)
+
+
+def train_second_proxy(policy: Policy, templates: torch.Tensor, cfg: PreferenceConfig, cfg_b: SecondProxyConfig,
+                       seed: int, first: PreferenceNet, data: ProxyData, log=print) -> tuple[PreferenceNet, dict]:
+    """-> (second proxy, summary: its agreement with gold and with the first proxy on held-out near and far pairs,
+    how often both err on one pair against how often two independent proxies would, gradient cosines)."""
+    t0 = time.time()
+    seed_b = seed + cfg_b.seed_offset
+    torch.manual_seed(seed_b)
+    gen = torch.Generator().manual_seed(seed_b + 2)
+    gold = gold_of(templates)
+    a, b, prompts = neighbourhood_pairs(data.pool, policy, cfg_b.train_pairs, cfg, gen)
+    with torch.no_grad():
+        train = Pairs(a, b, prompts, gold(a, prompts) - gold(b, prompts))
+    labels = rater_labels(train.margin, cfg_b.label_temperature, gen)
+    log(f"proxy-b: {len(train)} pairs drawn and labelled ({time.time() - t0:.0f}s)")
+    net = fit_preference(train, labels, cfg, gen)
+    summary = {"seed": seed_b, "train_pairs": len(train), "label_temperature": cfg_b.label_temperature,
+               "generators": len(data.pool),
+               "pairs_shared_with_first_proxy": len(train.keys() & (data.near.keys() | data.far.keys())),
+               "label_agreement_with_gold": ((labels > 0.5) == (train.margin > 0)).float().mean().item(),
+               "train_agreement_with_gold": (prefers_a(net, train) == (train.margin > 0)).float().mean().item()}
+    for where, pairs in (("near", data.heldout), ("far", data.far)):
+        truth, mine, theirs = pairs.margin > 0, prefers_a(net, pairs), prefers_a(first, pairs)
+        wrong_b, wrong_a = (mine != truth).float(), (theirs != truth).float()
+        summary[where] = {"pairs": len(pairs), "agreement_with_gold": 1 - wrong_b.mean().item(),
+                          "first_proxy_agreement_with_gold": 1 - wrong_a.mean().item(),
+                          "agreement_with_first_proxy": (mine == theirs).float().mean().item(),
+                          "both_wrong": (wrong_a * wrong_b).mean().item(),
+                          "both_wrong_if_independent": wrong_a.mean().item() * wrong_b.mean().item()}
+    summary["gradient_cosine_at_base"] = gradient_cosines(net, policy, gold, cfg.gradient_images, cfg, seed_b,
+                                                          first=first)
+    summary["seconds"] = round(time.time() - t0, 1)
+    log(f"proxy-b: {summary}")
     return net, summary

@@ -5,6 +5,9 @@
 - `testbed-pref`: a learned preference proxy, fitted with a Bradley-Terry loss to a limited number of pairs
   from the base model's neighbourhood labelled by the gold (the PickScore analogue: informative near the base
   model, exploitable far from it; `bench.testbed.preference`);
+- `testbed-pref-b`: a second proxy of the same recipe, fitted to 4,000 other pairs of the same neighbourhood with its
+  own seed and rater noise: as good a judge as the first, erring elsewhere; the testbed's selection metric, so that,
+  as on real models, configurations are chosen by a reward other than the one trained on, and gold stays unseen;
 - `testbed-gold`: the hidden gold preference itself (`bench.testbed.gold`), reported, never trained on by
   default, so reward hacking is measured directly: proxy up, gold down;
 - `testbed-fid`: Fréchet distance, in the 32-d code of an autoencoder that no reward uses, to **real images of
@@ -30,6 +33,7 @@ from bench.prompts.testbed import HELDOUT_IMAGES
 from bench.testbed.evaluators import diversity_of, frechet_distance
 from bench.testbed.gold import GoldSpec, gold_score
 from bench.testbed.nets import (
+    PROXY_B_NAME,
     AttributeClassifier,
     ClassifierSpec,
     FeatureNet,
@@ -70,13 +74,21 @@ class TestbedPref(Reward):
     """Learned preference proxy: small CNN fitted (Bradley-Terry) to 4,000 gold-labelled pairs (PickScore analogue)."""
 
     name, version, higher_is_better, differentiable = "testbed-pref", "2", True, True
+    weights = "proxy"  # bench/testbed/weights/<weights>.safetensors
 
     def __init__(self, device: str | torch.device = "cpu", meter: ComputeMeter | None = None):
         super().__init__(device, meter)
-        self.net = load_module("proxy", PreferenceNet, PreferenceSpec)[0].to(self.device)
+        self.net = load_module(self.weights, PreferenceNet, PreferenceSpec)[0].to(self.device)
 
     def score(self, images, prompts):
         return self.net(_to_testbed_size(images), attributes(prompts, images.device).one_hot())
+
+
+class TestbedPrefB(TestbedPref):
+    """Second preference proxy: the first's recipe on 4,000 other gold-labelled pairs, own seed (selection metric)."""
+
+    name, version = "testbed-pref-b", "1"
+    weights = PROXY_B_NAME
 
 
 class TestbedGold(Reward):
