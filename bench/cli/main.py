@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
-from bench.cli.common import app
+# Before anything imports torch (its OpenMP runtime reads this once): threads that finish their work sleep instead
+# of spinning. Measured on 2 cores, `bench run --model tiny --methods rocm-kl --budget 3000nfe`: alone 0.48 s a step
+# spinning, 0.51-0.61 s sleeping; two copies at once 2.2 s a step each spinning (22% of a lone run's speed: each spins
+# on the core the other needs), 0.73-0.75 s sleeping (64-66%). `OMP_WAIT_POLICY=ACTIVE bench ...` on a machine of its own.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from bench.cli.common import app  # noqa: E402
 from bench.core.errors import BenchError
 
 # Each module registers its commands on `app`; `bench --help` lists them in this order.
