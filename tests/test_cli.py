@@ -150,7 +150,7 @@ def test_corrupt_results_are_reported_not_overwritten(tmp_path):
     assert summary.read_text() == '{"status": "compl'  # nothing was lost or rewritten
     (out / "runs" / "ddpo__brightness__seed0" / "eval.jsonl").write_text('{"broken\n{"step": 1}\n')
     one_line_error(bench("report", str(out), check=False), "corrupt results file")
-    different = ["run", "--methods", "ddpo", "--budget", "60nfe", "--out", str(out), "--set", "sampler.steps=2"]
+    different = ["run", "--methods", "ddpo", "--budget", "60nfe", "--out", str(out), *SMALL, "--set", "sampler.steps=2"]
     one_line_error(bench(*different, check=False), "different settings")
 
 

@@ -40,7 +40,7 @@ def shift_last_step(policy, monkeypatch, final_t: int) -> None:
 
 
 def kl_rows(policy, steps: int = 4) -> float:
-    rows, _ = evaluate(policy, SamplerConfig(steps=steps), {"train": PROMPTS}, {"kl-to-base": None}, {"train": 2}, 7)
+    rows, _, _ = evaluate(policy, SamplerConfig(steps=steps), {"train": PROMPTS}, {"kl-to-base": None}, {"train": 2}, 7)
     (row,) = rows
     assert row["metric"] == "kl-to-base" and row["version"] == KL_VERSION == "2"
     return row["value"]

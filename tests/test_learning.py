@@ -27,7 +27,8 @@ CASES |= {"grpo": ("15000nfe", 1.0)}
 # scale is about 1.6x larger and every fast case gained more: rebel (RLCM's η = 1) at 15000 NFE +1.28, +2.29, +1.58;
 # ddpo-kl (β = 0.3; registered as "dpok" then) at 30000 NFE +1.59, +1.35, +1.26. Run with `-m slow`.
 CASES |= {"rebel": ("15000nfe", 0.6), "ddpo-kl": ("30000nfe", 0.6)}
-SLOW = {"rebel", "ddpo-kl"}  # cases over ~60 s: the same test, parametrised with the slow mark
+SLOW = {"rebel", "ddpo-kl", "grpo", "alignprop", "refl"}  # the same test with the slow mark: cases over ~60 s, and
+# the truncated variants of draft-k and DDPO's group variant, whose family keeps a case in the default run
 # DPOK as published (methods/dpok.py, its defaults) is NOT shown to learn here: at DDPO's 15000 NFE, seeds 0-2,
 # testbed v2, protocol 3, the proxy on the training split went 5.88 -> 6.58, 3.76, 8.85 (+0.70, -2.12, +2.97; gold
 # 0.734 -> 0.712, 0.631, 0.721). One DPOK round costs 84 NFE per sampled trajectory (5 updates x 12 replayed

@@ -95,7 +95,7 @@ def compare_rows(finals: dict, table: pd.DataFrame, metrics: list[str],
                           "Every pair of rows, per metric, on the reported split at each run's last evaluation: "
                           "paired (the same prompts, images and seeds), Holm-corrected over the metric's pairs; a "
                           "difference with corrected p < 0.05 is a win, anything else a tie. Bold in the table: the "
-                          "row not flagged hacked that wins against every other such row.\n"], {}
+                          "row not flagged hacked that wins against every other such row (at least one).\n"], {}
     for m in metrics:
         per, over = finals.get(m, ({}, "seeds"))
         scores = paired({k: v for k, v in per.items() if k in rows})
@@ -110,7 +110,8 @@ def compare_rows(finals: dict, table: pd.DataFrame, metrics: list[str],
             top = clean[0]
             beats = {c.b if c.a == top else c.a for c in comps if top in (c.a, c.b) and c.significant
                      and ((c.diff if c.a == top else -c.diff) > 0) == higher}
-            significant[m] = top if set(clean[1:]) <= beats else None
+            # best of one is no finding: bold needs at least one other unhacked row, beaten significantly
+            significant[m] = top if len(clean) > 1 and set(clean[1:]) <= beats else None
         lines += [f"## {m} ({'↑' if higher else '↓'}; over {over}; {ranked['seeds'].min()} common seeds)\n",
                   f"Minimum detectable difference: {detectable(comps):.4g}. Significantly best of the rows not "
                   f"flagged hacked: {significant[m] or 'none (a tie)'}.\n",

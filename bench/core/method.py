@@ -246,9 +246,11 @@ class Method:
         for k in range(steps if share > 0 else 0):
             loss, info = step_loss(k)
             self.backward(loss / steps, share)
+            # weighted by the process's share of the minibatch: summed over processes, the minibatch's own mean
+            # (an unweighted mean of two processes' means over 1 and 3 rows is neither's nor the batch's)
             for key, value in (("loss", loss.item()), *info.items()):
-                sums[key] = sums.get(key, 0.0) + value
-            sums["terms"] = sums.get("terms", 0.0) + 1
+                sums[key] = sums.get(key, 0.0) + value * share
+            sums["terms"] = sums.get("terms", 0.0) + share
         return self.update()
 
     def mean_logs(self, sums: dict[str, float], norms: list[float]) -> dict[str, float]:
