@@ -98,7 +98,7 @@ def test_a_suite_on_an_unfetched_set_fails_before_running(cache):
     from bench.core.policy import ModelConfig
     from bench.run.config import SuiteConfig, apply_sets, validate
 
-    suite = SuiteConfig(methods=["ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("50nfe"),
+    suite = SuiteConfig(methods=["ddpo"], rewards=["brightness"], seeds=[0], budget=Budget.parse("1000nfe"),
                         model=ModelConfig(name="tiny"))
     apply_sets(suite, ["prompts.set=parti"])
     with pytest.raises(BenchError, match="run: bench fetch parti"):
