@@ -272,7 +272,7 @@ def test_bench_run_on_sd15_lcm_random_accepts_them(methods):
     from bench.core.policy import ModelConfig
     from bench.run.config import SuiteConfig, metrics_for, validate
 
-    suite = SuiteConfig(methods=methods, rewards=list(RANDOM), seeds=[0], budget=Budget.parse("1nfe"),
+    suite = SuiteConfig(methods=methods, rewards=list(RANDOM), seeds=[0], budget=Budget.parse("3600s"),
                         model=ModelConfig(name="sd15-lcm-random"))
     validate(suite)
     assert suite.rewards == RANDOM
