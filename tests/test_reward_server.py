@@ -244,7 +244,7 @@ def test_a_served_reward_as_a_term_of_an_objective(serve):
     expected = reward_class("brightness")()(x, prompts) + 0.5 * reward_class(NAME)()(x, prompts)
     assert torch.allclose(got, expected, rtol=1e-6, atol=0)  # the served term scores exactly; float32 sum rounding
     for method, ok in (("ddpo", True), ("rocm-kl", False)):
-        suite = SuiteConfig(methods=[method], rewards=[expression], seeds=[0], budget=Budget.parse("50nfe"),
+        suite = SuiteConfig(methods=[method], rewards=[expression], seeds=[0], budget=Budget.parse("1000nfe"),
                             model=ModelConfig(name="tiny"))
         if ok:
             validate(suite)
