@@ -95,8 +95,11 @@ def test_refl_hinge_is_in_the_base_models_standard_units(train_prompts):
     assert la["hinge_at"] == pytest.approx(a.base_mean + 2.0 * a.base_sd) and lb["loss"] == pytest.approx(la["loss"],
                                                                                                          rel=1e-4)
     assert la["active"] == lb["active"] > 0
+    # One AdamW step moves an element by lr·g/(|g| + ε): a relative change δ of its gradient (float32 rounding of the
+    # two standardisations, δ up to ~1e-3 for an element whose gradient nearly cancels) moves it by at most lr·δ.
+    lr = ReFLConfig().lr
     for x, y in zip(wa, wb):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-3 * lr)
     assert a.extra_state() == {"base_mean": a.base_mean, "base_sd": a.base_sd}  # kept in checkpoints
 
 
