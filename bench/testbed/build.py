@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.resolve() == WEIGHTS_DIR.resolve() and not args.replace_shipped:
         raise BenchError(f"--out {args.out} is the shipped testbed weights, which every published number was made "
                          f"with; write elsewhere, or pass --replace-shipped to overwrite them")
-    writable_folder(args.out)
+    writable_folder(args.out, create=False)  # created by build_all once its options are checked
     torch.set_num_threads(args.threads)
     build_all(args.out, args.seed, args.quick, reuse_teacher=args.reuse_teacher,
               only=tuple(x.strip() for x in args.only.split(",") if x.strip()), remeasure=args.remeasure)
