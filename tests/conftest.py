@@ -48,3 +48,12 @@ def assert_one_line_error(code: int, err: str, match: str) -> None:
     """A user's mistake: exit code 2 and one line `error: ...` containing `match`, no traceback."""
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
     assert err.startswith("error:") and match in err, err
+
+
+def perturb_lora(policy, scale: float = 0.05) -> None:
+    """Move the LoRA B matrices off zero (a fixed draw), so that the policy differs from the reference."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.unet.named_parameters():
+            if p.requires_grad and "lora_B" in name:
+                p.add_(scale * torch.randn(p.shape, generator=gen))

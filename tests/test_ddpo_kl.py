@@ -20,6 +20,7 @@ from methods.ddpo import DDPO
 from methods.grpo import GRPO
 from methods.losses import ppo_clip_loss, regularised_ppo_loss
 from rewards.toy import Brightness
+from tests.conftest import perturb_lora as perturb
 
 SMALL = {"prompts_per_step": 2, "samples_per_prompt": 4, "train_batch_size": 4}
 
@@ -28,15 +29,6 @@ def build(cls, policy, prompts, steps: int = 3, reduction: str = "mean", **field
     sampler = SamplerConfig(steps=steps, logprob_reduction=reduction)
     return cls(cls.__name__.lower(), cls.Config(**fields), policy, sampler, Brightness(), prompts,
                torch.Generator().manual_seed(0))
-
-
-def perturb(policy, scale: float = 0.05) -> None:
-    """Move the LoRA B matrices off zero, so that the policy differs from the reference."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in policy.unet.named_parameters():
-            if p.requires_grad and "lora_B" in name:
-                p.add_(scale * torch.randn(p.shape, generator=gen))
 
 
 # ---- the regularised PPO loss ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from bench.prompts.sets import PROMPT_SETS
 from methods.dpok import DPOK, DPOKConfig
 from methods.losses import dpok_loss
 from rewards.toy import Brightness
+from tests.conftest import perturb_lora as perturb
 
 PROMPTS = PROMPT_SETS["tiny"]["train"]
 SMALL = {"batch_size": 4, "updates_per_step": 1, "accumulation": 2, "train_batch_size": 3}
@@ -28,15 +29,6 @@ def build(steps: int = 4, seed: int = 0, **fields) -> DPOK:
     policy = tiny(ModelConfig())
     return DPOK("dpok", DPOKConfig(**(SMALL | fields)), policy, SamplerConfig(steps=steps, checkpointing=False),
                 Brightness(), PROMPTS, torch.Generator().manual_seed(seed))
-
-
-def perturb(policy, scale: float = 0.05) -> None:
-    """Move the LoRA B matrices off zero, so that the policy differs from the reference."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in policy.unet.named_parameters():
-            if p.requires_grad and "lora_B" in name:
-                p.add_(scale * torch.randn(p.shape, generator=gen))
 
 
 # ---- the loss ----------------------------------------------------------------------------------------------------
