@@ -3,6 +3,11 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# As the bench command does (bench/cli/main.py): OpenMP threads that sleep when idle instead of spinning, read
+# when torch loads, so before its import. With spinning threads, any other busy process on a 2-core machine (a
+# second test run, a sweep) slowed this suite's training tests 10-25x (a d3po checkpoint test: 8.8 s alone,
+# 224 s while another test process ran); its subprocesses inherit the setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
