@@ -258,6 +258,38 @@ def test_manifest_keeps_every_command(runner_commands):
     assert man.to_json() == data  # what the runner wrote is exactly the typed record
 
 
+def test_a_testbed_command_records_the_hash_of_every_shipped_weights_file(tmp_path):
+    """Provenance: a command on the testbed (model or reward) names the sha256 of each weights file it could
+    load; the report's index shows them and says so when two commands of one folder used different weights."""
+    import hashlib
+
+    from bench.analysis.report import manifest_lines
+    from bench.run.config import SuiteConfig
+    from bench.run.runner import command_record
+    from bench.testbed.nets import WEIGHTS_DIR
+
+    from bench.core.compute import Budget
+
+    suite = lambda reward: SuiteConfig(methods=["ddpo"], rewards=[reward], seeds=[0],  # noqa: E731
+                                       budget=Budget.parse("100nfe"))
+    on_testbed = command_record(suite("z(testbed-gold)"), ["bench", "run"])
+    shipped = sorted(WEIGHTS_DIR.glob("*.safetensors"))
+    assert len(shipped) >= 6 and sorted(on_testbed.weights) == [p.name for p in shipped]
+    assert all(on_testbed.weights[p.name] == hashlib.sha256(p.read_bytes()).hexdigest() for p in shipped)
+    tiny = suite("brightness")
+    tiny.model.name = "tiny"
+    assert command_record(tiny, ["bench", "run"]).weights == {}
+
+    other = dataclasses.replace(on_testbed, weights={**on_testbed.weights, "gold.safetensors": "0" * 64})
+    runs = pd.DataFrame({"method": ["ddpo"], "reward": ["r"], "seed": [0], "model": ["testbed"], "budget": ["1"]})
+    one = manifest_lines(schema.Manifest(config={}, commands=[on_testbed, on_testbed]), runs)
+    two = manifest_lines(schema.Manifest(config={}, commands=[on_testbed, other]), runs)
+    gold = on_testbed.weights["gold.safetensors"][:12]
+    assert any(line.startswith("- **testbed weights**") and f"gold {gold}" in line and "different" not in line
+               for line in one)
+    assert any("**the commands used different weights**" in line for line in two)
+
+
 def test_index_shows_budget_every_command_versions_and_seeds(runner_commands, runner_report):
     suite, argvs = runner_commands
     index = (suite / "report" / "index.md").read_text()

@@ -379,6 +379,11 @@ def manifest_lines(manifest: schema.Manifest, runs: pd.DataFrame) -> list[str]:
         lines.append(f"  {i}. `{_describe(c.argv) or '(not recorded)'}` — " + "; ".join(a for a in about if a))
     if shared:
         lines.append(f"- **versions**: {shared}")
+    digests = {tuple(sorted(c.weights.items())) for c in commands if c.weights}
+    if digests:  # a folder whose commands ran on different testbed weights does not hold one experiment
+        lines.append("- **testbed weights** (sha256, first 12 hex): " + " | ".join(
+            ", ".join(f"{name.removesuffix('.safetensors')} {h[:12]}" for name, h in d) for d in sorted(digests))
+            + (" — **the commands used different weights**" if len(digests) > 1 else ""))
     return lines
 
 

@@ -81,6 +81,9 @@ class Command:
     seeds: list[int] = field(default_factory=list)
     note: str = ""
     """Anything else worth knowing, e.g. that its runs were made in another folder and copied in."""
+    weights: dict[str, str] = field(default_factory=dict)
+    """{file name: sha256} of the testbed's shipped weights when the model or a reward is the testbed's ({}
+    otherwise, and in folders made before it was recorded)."""
 
     @classmethod
     def from_json(cls, data: Any) -> "Command":
@@ -89,7 +92,8 @@ class Command:
                    git=d.get("git") or None, versions={str(k): str(v) for k, v in _dict(d.get("versions")).items()},
                    device=str(d.get("device") or ""), methods=[str(m) for m in _list(d.get("methods"))],
                    rewards=[str(r) for r in _list(d.get("rewards"))], seeds=_list(d.get("seeds")),
-                   note=str(d.get("note") or ""))
+                   note=str(d.get("note") or ""),
+                   weights={str(k): str(v) for k, v in _dict(d.get("weights")).items()})
 
 
 @dataclass

@@ -58,6 +58,7 @@ from bench.run.config import (
 from bench.run.evaluate import evaluate, image_grid_png, prepare_references
 from bench.run.standardise import standardise
 from bench.run.trackers import RunLog
+from bench.testbed.nets import weights_digest
 
 PROTOCOL = 3
 """Version of the evaluation protocol (docs/protocol.md), written into every manifest and run config. 1: the
@@ -86,7 +87,8 @@ def command_record(suite: SuiteConfig, argv: list[str]) -> schema.Command:
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         versions={"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                   "transformers": transformers.__version__, "peft": peft.__version__},
-        methods=list(suite.methods), rewards=list(suite.rewards), seeds=list(suite.seeds))
+        methods=list(suite.methods), rewards=list(suite.rewards), seeds=list(suite.seeds),
+        weights=weights_digest() if any("testbed" in n for n in [suite.model.name, *suite.rewards]) else {})
 
 
 def run_suite(suite: SuiteConfig, out: Path, argv: list[str] | None = None, show_progress: bool = True,

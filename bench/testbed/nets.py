@@ -106,6 +106,14 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], config: dict) -> 
               metadata={"config": json.dumps(config)})
 
 
+def weights_digest(weights_dir: Path | None = None) -> dict[str, str]:
+    """{file name: sha256 hex} of every shipped weights file (`*.safetensors`): which testbed made a result."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((weights_dir or WEIGHTS_DIR).glob("*.safetensors"))}
+
+
 def load_weights(name: str, weights_dir: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, config) of `weights_dir/name.safetensors`; a missing file names the command that rebuilds it."""
     path = (weights_dir or WEIGHTS_DIR) / f"{name}.safetensors"
