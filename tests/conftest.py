@@ -62,3 +62,17 @@ def perturb_lora(policy, scale: float = 0.05) -> None:
         for name, p in policy.unet.named_parameters():
             if p.requires_grad and "lora_B" in name:
                 p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+PG_SMALL = {"prompts_per_step": 2, "samples_per_prompt": 4, "train_batch_size": 4}
+"""A small DDPO-family step (DDPO, ddpo-kl, GRPO): 2 prompts x 4 samples, minibatches of 4."""
+
+
+def build_on_brightness(cls, policy, prompts, steps: int = 3, reduction: str = "mean", **fields):
+    """Method class `cls` with `cls.Config(**fields)` on `policy`, trained on brightness with a `steps`-step sampler."""
+    from bench.core.sampler import SamplerConfig
+    from rewards.toy import Brightness
+
+    sampler = SamplerConfig(steps=steps, logprob_reduction=reduction)
+    return cls(cls.__name__.lower(), cls.Config(**fields), policy, sampler, Brightness(), prompts,
+               torch.Generator().manual_seed(0))

@@ -14,21 +14,15 @@ import torch
 
 from bench.core.method import Method
 from bench.core.policy import ModelConfig
-from bench.core.sampler import SamplerConfig, sample, step_log_prob, step_mean
+from bench.core.sampler import sample, step_log_prob, step_mean
 from bench.core.tiny import tiny
 from methods.ddpo import DDPO
 from methods.grpo import GRPO
 from methods.losses import ppo_clip_loss, regularised_ppo_loss
-from rewards.toy import Brightness
+from tests.conftest import PG_SMALL as SMALL
+from tests.conftest import build_on_brightness as build
 from tests.conftest import perturb_lora as perturb
 
-SMALL = {"prompts_per_step": 2, "samples_per_prompt": 4, "train_batch_size": 4}
-
-
-def build(cls, policy, prompts, steps: int = 3, reduction: str = "mean", **fields):
-    sampler = SamplerConfig(steps=steps, logprob_reduction=reduction)
-    return cls(cls.__name__.lower(), cls.Config(**fields), policy, sampler, Brightness(), prompts,
-               torch.Generator().manual_seed(0))
 
 
 # ---- the regularised PPO loss ----------------------------------------------------------------------------

@@ -18,21 +18,15 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.core.policy import ModelConfig
-from bench.core.sampler import SamplerConfig, sample
+from bench.core.sampler import sample
 from bench.core.tiny import tiny
 from bench.registry.lookup import knobs_for, method_class
 from methods.ddpo import DDPO, DDPOConfig
 from methods.grpo import GRPO, GRPOConfig
 from methods.losses import group_advantages
-from rewards.toy import Brightness
+from tests.conftest import PG_SMALL as SMALL
+from tests.conftest import build_on_brightness as build
 
-SMALL = {"prompts_per_step": 2, "samples_per_prompt": 4, "train_batch_size": 4}
-
-
-def build(cls, policy, prompts, steps: int = 3, reduction: str = "mean", **fields):
-    sampler = SamplerConfig(steps=steps, logprob_reduction=reduction)
-    return cls(cls.__name__.lower(), cls.Config(**fields), policy, sampler, Brightness(), prompts,
-               torch.Generator().manual_seed(0))
 
 
 # ---- group advantages -----------------------------------------------------------------------------------

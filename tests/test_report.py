@@ -258,20 +258,20 @@ def test_manifest_keeps_every_command(runner_commands):
     assert man.to_json() == data  # what the runner wrote is exactly the typed record
 
 
-def test_a_testbed_command_records_the_hash_of_every_shipped_weights_file(tmp_path):
+def test_a_testbed_command_records_the_hash_of_every_shipped_weights_file():
     """Provenance: a command on the testbed (model or reward) names the sha256 of each weights file it could
     load; the report's index shows them and says so when two commands of one folder used different weights."""
     import hashlib
 
     from bench.analysis.report import manifest_lines
+    from bench.core.compute import Budget
     from bench.run.config import SuiteConfig
     from bench.run.runner import command_record
     from bench.testbed.nets import WEIGHTS_DIR
 
-    from bench.core.compute import Budget
+    def suite(reward: str) -> SuiteConfig:
+        return SuiteConfig(methods=["ddpo"], rewards=[reward], seeds=[0], budget=Budget.parse("100nfe"))
 
-    suite = lambda reward: SuiteConfig(methods=["ddpo"], rewards=[reward], seeds=[0],  # noqa: E731
-                                       budget=Budget.parse("100nfe"))
     on_testbed = command_record(suite("z(testbed-gold)"), ["bench", "run"])
     shipped = sorted(WEIGHTS_DIR.glob("*.safetensors"))
     assert len(shipped) >= 6 and sorted(on_testbed.weights) == [p.name for p in shipped]
